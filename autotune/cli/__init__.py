@@ -1,0 +1,60 @@
+"""The `autotune` command line. Thin: parse options, make one library call, report.
+
+Each command lives in a small module of this package and imports torch, transformers, optuna,
+mlflow or deepspeed inside its body, so `autotune --help` stays fast. `sys.exit` lives only here.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from autotune import __version__
+from autotune.errors import AutotuneError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="autotune")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Find the memory configuration for RLHF fine-tuning of a language model.
+
+    \b
+    Typical session:
+      autotune plan   --model llama-1b                  # predicted per-phase GPU memory, no GPU needed
+      autotune search --model llama-tiny --trials 12    # Optuna study of FRUGAL partitions x memory interventions
+      autotune pareto --study NAME                      # the memory/reward front
+      autotune export --study NAME --format deepspeed   # carry the winner to your training stack
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _register() -> None:
+    from autotune.cli import export_cmds, search_cmds, tracking_cmds, trial_cmds
+
+    for module in (trial_cmds, search_cmds, tracking_cmds, export_cmds):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: an AutotuneError is a message and exit code 1, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="autotune", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except AutotuneError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

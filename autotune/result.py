@@ -1,0 +1,52 @@
+"""TrialResult: what `autotune trial` writes, and what the tuner reads back. JSON on disk."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from autotune import schema
+from autotune.memory.report import MemoryReport
+
+Status = Literal["ok", "oom", "error", "timeout", "prescreened"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialResult:
+    """The outcome of one trial.
+
+    `reward` is the mean task reward over the last quarter of the RLHF steps; `step_time_s` the
+    median seconds per iteration after the first. Both are None where they do not exist (a `fake`
+    plan has no reward; a failed trial may have neither).
+    """
+
+    config_hash: str
+    status: Status
+    backend: Literal["cuda", "cpu", "fake"]
+    message: str = ""                       # the error, OOM or timeout text; empty when ok
+    failed_phase: str | None = None         # where an OOM or error happened
+    memory: MemoryReport | None = None
+    reward_curve: tuple[float, ...] = ()
+    initial_reward: float | None = None
+    reward: float | None = None
+    step_time_s: float | None = None
+    wall_time_s: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def save(self, path: str | Path) -> None:
+        schema.dump_json(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrialResult:
+        return schema.load_json(cls, path)
+
+    def to_dict(self) -> dict:
+        return schema.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrialResult:
+        return schema.from_dict(cls, data)
