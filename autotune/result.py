@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from autotune import schema
+from autotune.config import TrialConfig
 from autotune.memory.report import MemoryReport
 
 Status = Literal["ok", "oom", "error", "timeout", "prescreened"]
@@ -50,3 +51,24 @@ class TrialResult:
     @classmethod
     def from_dict(cls, data: dict) -> TrialResult:
         return schema.from_dict(cls, data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialRecord:
+    """One finished study trial as the tuner, the tracker and the exporters see it.
+
+    The tuner stores `config`, `result` and `advisor_reason` in the Optuna trial's user attributes
+    (keys in `USER_ATTR_*`), so any process can rebuild records from the storage alone.
+    """
+
+    number: int
+    config: TrialConfig
+    result: TrialResult
+    objectives: dict[str, float] = field(default_factory=dict)   # metric name -> value, as told to Optuna
+    feasible: bool = True
+    advisor_reason: str | None = None    # why the advisor proposed it; "baseline" for the baseline trial
+
+
+USER_ATTR_CONFIG = "autotune.config"
+USER_ATTR_RESULT = "autotune.result"
+USER_ATTR_REASON = "autotune.advisor_reason"
