@@ -1,0 +1,481 @@
+"""A simulator of PyTorch's native CUDA caching allocator, for predicting GPU memory without a GPU.
+
+`CachingAllocatorSim` follows c10/cuda/CUDACachingAllocator.cpp (`malloc`, `get_free_block`,
+`alloc_found_block`, `free_block`, `release_*`, `garbage_collect_cached_blocks` and the expandable
+segment path) on one device and one stream. Replaying a storage trace through it gives the
+reserved memory and fragmentation a GPU would show for the same allocation sequence.
+
+Typical use::
+
+    sim = CachingAllocatorSim(AllocatorConfig.from_env_string("max_split_size_mb:128"), capacity_bytes=24 << 30)
+    h = sim.malloc(1000)
+    sim.free(h)
+    sim.stats()["reserved_bytes"]
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+
+from autotune.config import AllocatorConfig
+from autotune.errors import ConfigError, TrialOOM
+from autotune.memory.blocks import (
+    LARGE_BUFFER,
+    MIN_BLOCK,
+    SMALL_BUFFER,
+    SMALL_SIZE,
+    Block,
+    BlockPool,
+    ExpandableSegment,
+    allocation_size,
+    round_size,
+)
+
+__all__ = ["AllocatorConfig", "CachingAllocatorSim", "SimulatedOutOfMemoryError", "STAT_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+STAT_KEYS = (
+    "allocated_bytes", "reserved_bytes", "peak_allocated_bytes", "peak_reserved_bytes",
+    "inactive_split_bytes", "segments", "num_device_malloc", "num_device_free",
+    "num_alloc_retries", "num_ooms",
+)
+_NO_LIMIT_VA = 1 << 46          # virtual size of an expandable segment when no capacity is given
+_BASE_ADDR = 1 << 32
+
+
+class SimulatedOutOfMemoryError(TrialOOM, MemoryError):
+    """A malloc could not be served within the simulated capacity, even after release and retry."""
+
+    def __init__(self, message: str, *, phase: str | None = None, requested_bytes: int = 0):
+        super().__init__(message, phase=phase)
+        self.requested_bytes = requested_bytes
+
+
+class CachingAllocatorSim:
+    """PyTorch's CUDA caching allocator, replayed in Python.
+
+    Args:
+        config: the `PYTORCH_CUDA_ALLOC_CONF` settings (plus `memory_fraction`).
+        capacity_bytes: simulated device memory; None means unlimited (no OOM, no GC threshold).
+
+    Raises:
+        ConfigError: `capacity_bytes` is not positive.
+    """
+
+    def __init__(self, config: AllocatorConfig | None = None, capacity_bytes: int | None = None):
+        self.config = config or AllocatorConfig()
+        if capacity_bytes is not None and capacity_bytes <= 0:
+            raise ConfigError(f"capacity_bytes must be positive, got {capacity_bytes}")
+        self.capacity_bytes = capacity_bytes
+        self._max_split = self.config.max_split_size_bytes or (1 << 64)
+        self._expandable = self.config.expandable_segments
+        self._divisions = self.config.roundup_power2_divisions
+        self._limit = self._allowed_bytes()
+        self._gc_on = bool(self.config.garbage_collection_threshold) and self._fraction_set
+        self._small = BlockPool(small=True)
+        self._large = BlockPool(small=False)
+        self._active: dict[int, Block] = {}
+        self._next_handle = 1
+        self._next_addr = _BASE_ADDR
+        self.allocated = self.reserved = self.inactive_split = 0
+        self.peak_allocated = self.peak_reserved = 0
+        self.segments = self.num_device_malloc = self.num_device_free = 0
+        self.num_alloc_retries = self.num_ooms = 0
+
+    @property
+    def _fraction_set(self) -> bool:
+        return self.config.memory_fraction is not None and self.capacity_bytes is not None
+
+    def _allowed_bytes(self) -> int | None:
+        if self.capacity_bytes is None:
+            if self.config.memory_fraction is not None or self.config.garbage_collection_threshold:
+                logger.warning("memory_fraction and garbage_collection_threshold need capacity_bytes; ignored")
+            return None
+        if self.config.memory_fraction is not None:
+            return int(self.config.memory_fraction * self.capacity_bytes)
+        return self.capacity_bytes
+
+    # -- public API --------------------------------------------------------------------------
+    def malloc(self, nbytes: int) -> int:
+        """Allocate `nbytes` and return a handle for `free`. Zero bytes gives the null handle 0.
+
+        Raises:
+            ValueError: `nbytes` is negative or not an integer.
+            SimulatedOutOfMemoryError: capacity exceeded after releasing cache and retrying.
+        """
+        if type(nbytes) is not int:     # the common case skips the slower ABC check
+            if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral):
+                raise ValueError(f"malloc needs a non-negative integer byte count, got {nbytes!r}")
+            nbytes = int(nbytes)
+        if nbytes < 0:
+            raise ValueError(f"malloc needs a non-negative integer byte count, got {nbytes!r}")
+        if nbytes == 0:
+            return 0        # like the C++ allocator, which hands out nullptr for size 0
+        size = round_size(nbytes, self._divisions)
+        pool = self._small if size <= SMALL_SIZE else self._large
+        block = self._get_free_block(pool, size)
+        if block is None:
+            block = self._allocate_segment(pool, size)
+        return self._alloc_found_block(block, size)
+
+    def free(self, handle: int) -> None:
+        """Return a block to its pool, merging it with free neighbours; never releases memory.
+
+        Raises:
+            ValueError: `handle` is unknown or was already freed.
+        """
+        if handle == 0:
+            return
+        block = self._active.pop(handle, None)
+        if block is None:
+            raise ValueError(f"free of handle {handle!r}: not a live allocation (double free or unknown handle)")
+        self._free_block(block)
+
+    def empty_cache(self) -> None:
+        """`torch.cuda.empty_cache()`: release every entirely free segment (unmap free pages)."""
+        self._release_cached_blocks()
+
+    def reset_peak_stats(self) -> None:
+        """`torch.cuda.reset_peak_memory_stats()`: peaks restart from the current values."""
+        self.peak_allocated = self.allocated
+        self.peak_reserved = self.reserved
+
+    def stats(self) -> dict[str, int]:
+        """Counters named after `torch.cuda.memory_stats` ("...all.current/peak") where one exists.
+
+        With expandable segments, `segments` counts the virtual segments (one per pool, rarely
+        more) and `num_device_malloc` / `num_device_free` count map and unmap calls.
+        """
+        return {
+            "allocated_bytes": self.allocated,
+            "reserved_bytes": self.reserved,
+            "peak_allocated_bytes": self.peak_allocated,
+            "peak_reserved_bytes": self.peak_reserved,
+            "inactive_split_bytes": self.inactive_split,
+            "segments": self.segments,
+            "num_device_malloc": self.num_device_malloc,
+            "num_device_free": self.num_device_free,
+            "num_alloc_retries": self.num_alloc_retries,
+            "num_ooms": self.num_ooms,
+        }
+
+    def snapshot(self) -> list[dict]:
+        """Segments and their blocks, shaped like `torch.cuda.memory_snapshot()`, lowest address first.
+
+        Each segment: address, total_size (mapped bytes), allocated_size, segment_type
+        ("small"/"large"), expandable, and blocks with address, size and state
+        ("active_allocated", "inactive" or "unmapped").
+        """
+        blocks = list(self._active.values())
+        for pool in (self._small, self._large):
+            blocks.extend(pool.by_addr.values())
+            blocks.extend(pool.unmapped.values())
+        segments = []
+        for head in sorted((b for b in blocks if b.prev is None), key=lambda b: b.addr):
+            chain, block = [], head
+            while block is not None:
+                state = "active_allocated" if block.allocated else "inactive" if block.mapped else "unmapped"
+                chain.append({"address": block.addr, "size": block.size, "state": state})
+                block = block.next
+            segments.append({
+                "address": head.addr,
+                "total_size": sum(b["size"] for b in chain if b["state"] != "unmapped"),
+                "allocated_size": sum(b["size"] for b in chain if b["state"] == "active_allocated"),
+                "segment_type": "small" if head.pool.small else "large",
+                "expandable": head.segment is not None,
+                "blocks": chain,
+            })
+        return segments
+
+    def block_size(self, handle: int) -> int:
+        """Bytes the block behind `handle` holds (what `allocated_bytes` counts for it)."""
+        return self._active[handle].size if handle else 0
+
+    # -- malloc path -------------------------------------------------------------------------
+    def _get_free_block(self, pool: BlockPool, size: int) -> Block | None:
+        if self._gc_on:
+            pool.gc_calls += 1
+        i = pool.lower_bound(size)
+        if i == len(pool.keys):
+            return None
+        block = pool.at(i)
+        if block.segment is not None and self._expandable:
+            # A block just before unmapped space counts as the size it could grow to.
+            while i + 1 < len(pool.keys) and _grow_size(pool.at(i + 1)) < _grow_size(block):
+                i += 1
+                block = pool.at(i)
+        if size < self._max_split <= block.size:
+            return None     # never hand out an oversize block for a small request
+        if size >= self._max_split and block.size >= size + LARGE_BUFFER:
+            return None
+        pool.remove(block)
+        return block
+
+    def _allocate_segment(self, pool: BlockPool, size: int) -> Block:
+        if self._gc_on:
+            self._garbage_collect()
+        alloc_size = allocation_size(size)
+        block = self._alloc_block(pool, size, alloc_size)
+        if block is None and self._release_available_cached_blocks(pool, size):
+            block = self._alloc_block(pool, size, alloc_size)
+        if block is None:
+            self._release_cached_blocks()
+            self.num_alloc_retries += 1
+            block = self._alloc_block(pool, size, alloc_size)
+        if block is None:
+            self.num_ooms += 1
+            raise SimulatedOutOfMemoryError(
+                f"simulated CUDA out of memory: tried to allocate {size} bytes with {self.allocated} allocated, "
+                f"{self.reserved} reserved of {self._limit} allowed",
+                requested_bytes=size,
+            )
+        return block
+
+    def _alloc_block(self, pool: BlockPool, size: int, alloc_size: int) -> Block | None:
+        if self._expandable:
+            return self._alloc_expandable(pool, size)
+        if self._limit is not None and self.reserved + alloc_size > self._limit:
+            return None
+        block = Block(alloc_size, self._take_addresses(alloc_size), pool)
+        self._add_reserved(alloc_size)
+        self.segments += 1
+        self.num_device_malloc += 1
+        return block
+
+    def _alloc_found_block(self, block: Block, size: int) -> int:
+        pool = block.pool
+        already_split = block.is_split
+        counts_split = block.segment is None    # PyTorch keeps no inactive_split for expandable segments
+        if self._should_split(block, size):
+            remaining = block
+            block = Block(size, remaining.addr, pool, remaining.segment)
+            block.prev = remaining.prev
+            if block.prev is not None:
+                block.prev.next = block
+            block.next = remaining
+            remaining.prev = block
+            remaining.addr += size
+            remaining.size -= size
+            pool.insert(remaining)
+            if counts_split:
+                self.inactive_split += -size if already_split else remaining.size
+        elif already_split and counts_split:
+            self.inactive_split -= block.size
+        block.allocated = True
+        self.allocated += block.size
+        if self.allocated > self.peak_allocated:
+            self.peak_allocated = self.allocated
+        handle = self._next_handle
+        self._next_handle += 1
+        self._active[handle] = block
+        return handle
+
+    def _should_split(self, block: Block, size: int) -> bool:
+        remaining = block.size - size
+        if block.pool.small or self._expandable:
+            return remaining >= MIN_BLOCK
+        return size < self._max_split and remaining > SMALL_SIZE
+
+    # -- free path ---------------------------------------------------------------------------
+    def _free_block(self, block: Block) -> None:
+        block.allocated = False
+        original = block.size
+        net_split = 0
+        for neighbour in (block.prev, block.next):
+            net_split -= self._try_merge(block, neighbour)
+        block.pool.insert(block)
+        if block.is_split:
+            net_split += block.size
+        if block.segment is None:
+            self.inactive_split += net_split
+        self.allocated -= original
+
+    @staticmethod
+    def _try_merge(dst: Block, src: Block | None) -> int:
+        if src is None or src.allocated or src.mapped != dst.mapped:
+            return 0
+        src.pool.remove(src)
+        if dst.prev is src:
+            dst.addr = src.addr
+            dst.prev = src.prev
+            if dst.prev is not None:
+                dst.prev.next = dst
+        else:
+            dst.next = src.next
+            if dst.next is not None:
+                dst.next.prev = dst
+        dst.size += src.size
+        return src.size
+
+    # -- releasing cached memory -------------------------------------------------------------
+    def _release_block(self, block: Block) -> None:
+        block.pool.remove(block)
+        self.reserved -= block.size
+        self.segments -= 1
+        self.num_device_free += 1
+
+    def _release_available_cached_blocks(self, pool: BlockPool, size: int) -> bool:
+        """With max_split_size: free one oversize cached block, or several, largest first."""
+        if self._max_split >= 1 << 64:
+            return False
+        want = max(size, self._max_split)
+        i = pool.lower_bound(want)
+        if i < len(pool.keys) and pool.at(i).segment is None:
+            self._release_block(pool.at(i))
+            return True
+        released = 0
+        for block in reversed(pool.sorted_blocks()[:i]):
+            if released >= want or block.size < self._max_split:
+                break
+            if block.segment is None:
+                released += block.size
+                self._release_block(block)
+        return released >= want
+
+    def _release_cached_blocks(self) -> bool:
+        for pool in (self._large, self._small):
+            to_unmap = []
+            for block in pool.sorted_blocks():
+                if block.segment is not None:
+                    to_unmap.append(block)
+                elif not block.is_split:
+                    self._release_block(block)
+            for block in to_unmap:
+                self._unmap_block(block)
+                if not block.mapped and not block.is_split:
+                    # The whole virtual segment is unmapped: give the address range back too.
+                    pool.remove(block)
+                    self.segments -= 1
+        return True
+
+    def _garbage_collect(self) -> None:
+        """Free the oldest fully free large segments while reserved exceeds threshold x allowed."""
+        threshold = int(self.config.garbage_collection_threshold * self._limit)
+        if self.reserved <= threshold:
+            return
+        target = self.reserved - threshold
+        pool = self._large
+        candidates = [b for b in pool.sorted_blocks() if not b.is_split and b.segment is None]
+        total_age = sum(pool.gc_calls - b.gc_base for b in candidates)
+        reclaimed = 0
+        while reclaimed < target and candidates:
+            age_threshold = total_age / len(candidates)
+            old = [b for b in candidates if pool.gc_calls - b.gc_base >= age_threshold]
+            for block in old:
+                reclaimed += block.size
+                total_age -= pool.gc_calls - block.gc_base
+                self._release_block(block)
+            released = {id(b) for b in old}
+            candidates = [b for b in candidates if id(b) not in released]
+
+    # -- expandable segments -----------------------------------------------------------------
+    def _alloc_expandable(self, pool: BlockPool, size: int) -> Block | None:
+        """`try_allocate_expandable_block`: map pages at the end of a free range until it fits."""
+        candidate = self._find_expandable_block(pool, size)
+        if not candidate.mapped and not self._map_block(candidate, min(candidate.size, size)):
+            return None
+        while candidate.size < size:
+            following = candidate.next
+            if not self._map_block(following, min(size - candidate.size, following.size)):
+                return None
+            candidate = following
+        pool.remove(candidate)
+        return candidate
+
+    def _find_expandable_block(self, pool: BlockPool, size: int) -> Block:
+        for addr in sorted(pool.unmapped):
+            start = pool.unmapped[addr]
+            if start.prev is not None and not start.prev.allocated:
+                start = start.prev
+            room, block = 0, start
+            while room < size and block is not None and not block.allocated:
+                room += block.size
+                block = block.next
+            if room >= size:
+                return start
+        page = SMALL_BUFFER if pool.small else LARGE_BUFFER
+        va_size = self.capacity_bytes + self.capacity_bytes // 8 if self.capacity_bytes else _NO_LIMIT_VA
+        va_size = -(-va_size // page) * page
+        segment = ExpandableSegment(self._take_addresses(va_size), va_size, page)
+        self.segments += 1
+        block = Block(va_size, segment.base, pool, segment)
+        block.mapped = False
+        pool.insert(block)
+        return block
+
+    def _map_block(self, block: Block, nbytes: int) -> bool:
+        segment, pool = block.segment, block.pool
+        pages = segment.pages_to_map(block.addr, nbytes)
+        mapped = len(pages) * segment.page
+        if self._limit is not None and self.reserved + mapped > self._limit:
+            return False
+        segment.mapped.update(pages)
+        pool.remove(block)
+        block.mapped = True
+        if mapped < block.size:
+            rest = Block(block.size - mapped, block.addr + mapped, pool, segment)
+            rest.mapped = False
+            _link_after(block, rest)
+            pool.insert(rest)
+            block.size = mapped
+        self._try_merge(block, block.prev)
+        self._try_merge(block, block.next)
+        pool.insert(block)
+        self._add_reserved(mapped)
+        self.num_device_malloc += 1             # one per map call, as PyTorch counts it
+        return True
+
+    def _unmap_block(self, block: Block) -> None:
+        segment, pool = block.segment, block.pool
+        pages = segment.pages_to_unmap(block.addr, block.size)
+        if not pages:
+            return
+        pool.remove(block)
+        start, nbytes = segment.page_addr(pages.start), len(pages) * segment.page
+        if start > block.addr:
+            before = Block(start - block.addr, block.addr, pool, segment)
+            _link_before(block, before)
+            pool.insert(before)
+        after_size = block.addr + block.size - (start + nbytes)
+        if after_size > 0:
+            after = Block(after_size, start + nbytes, pool, segment)
+            _link_after(block, after)
+            pool.insert(after)
+        block.addr, block.size, block.mapped = start, nbytes, False
+        segment.mapped.difference_update(pages)
+        self._try_merge(block, block.prev)
+        self._try_merge(block, block.next)
+        pool.insert(block)
+        self.reserved -= nbytes
+        self.num_device_free += 1
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _take_addresses(self, nbytes: int) -> int:
+        addr = self._next_addr
+        self._next_addr += nbytes + SMALL_BUFFER    # a gap, so separate segments never look adjacent
+        return addr
+
+    def _add_reserved(self, nbytes: int) -> None:
+        self.reserved += nbytes
+        if self.reserved > self.peak_reserved:
+            self.peak_reserved = self.reserved
+
+
+def _grow_size(block: Block) -> int:
+    following = block.next
+    return block.size + (following.size if following is not None and not following.mapped else 0)
+
+
+def _link_after(block: Block, new: Block) -> None:
+    new.prev, new.next = block, block.next
+    if block.next is not None:
+        block.next.prev = new
+    block.next = new
+
+
+def _link_before(block: Block, new: Block) -> None:
+    new.prev, new.next = block.prev, block
+    if block.prev is not None:
+        block.prev.next = new
+    block.prev = new

@@ -1,0 +1,88 @@
+"""Replaying `torch.cuda.memory._snapshot()` traces through the simulator."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.config import AllocatorConfig
+from autotune.errors import ConfigError
+from autotune.memory.replay import replay_snapshot
+
+MiB = 1 << 20
+DATA = Path(__file__).resolve().parents[1] / "data"
+FIXTURES = sorted(DATA.glob("cuda_snapshot*.json"))
+
+
+def _event(action: str, addr: int, size: int = 0) -> dict:
+    return {"action": action, "addr": addr, "size": size, "stream": 0, "frames": []}
+
+
+def test_replay_follows_alloc_free_and_empty_cache_bursts():
+    events = [
+        _event("segment_alloc", 0x1000, 2 * MiB), _event("alloc", 0x1000, 1000),
+        _event("segment_alloc", 0x9000, 20 * MiB), _event("alloc", 0x9000, 5 * MiB),
+        _event("free_requested", 0x9000, 5 * MiB), _event("free_completed", 0x9000, 5 * MiB),
+        _event("segment_free", 0x9000, 20 * MiB),          # the workload called empty_cache()
+        _event("free_completed", 0xdead, 512),              # allocated before recording: skipped
+        _event("alloc", 0x20000, 12 * MiB),
+    ]
+    stats = replay_snapshot({"device_traces": [events], "segments": []}, AllocatorConfig())
+    assert stats["reserved_bytes"] == 2 * MiB + 12 * MiB
+    assert stats["allocated_bytes"] == 1024 + 12 * MiB
+    assert stats["peak_reserved_bytes"] == 22 * MiB
+    assert stats["num_device_free"] == 1
+
+
+def test_snapshot_without_traces_is_rejected():
+    with pytest.raises(ConfigError, match="_record_memory_history"):
+        replay_snapshot({"segments": []}, AllocatorConfig())
+
+
+def _strip_frames(snapshot: dict) -> dict:
+    traces = [[{k: v for k, v in e.items() if k != "frames"} for e in device] for device in snapshot["device_traces"]]
+    return {"device_traces": traces}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_replay_of_a_real_trace_matches_the_real_allocator():
+    """Run in a fresh process: the allocator must start empty for the peaks to compare."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    kept = []
+    for step in range(64):
+        kv = torch.empty((step + 1) * 192 * 1024, dtype=torch.uint8, device="cuda")
+        if step % 6 == 0:
+            kept.append(torch.empty(3 * MiB, dtype=torch.uint8, device="cuda"))
+        del kv
+    big = torch.empty(96 * MiB, dtype=torch.uint8, device="cuda")
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    real = torch.cuda.memory_stats()
+    stats = replay_snapshot(snapshot, AllocatorConfig.from_env_string(os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")))
+    assert stats["peak_reserved_bytes"] == real["reserved_bytes.all.peak"]
+    assert stats["peak_allocated_bytes"] == real["allocated_bytes.all.peak"]
+    if os.environ.get("AUTOTUNE_RECORD_GPU_FIXTURE"):
+        DATA.mkdir(exist_ok=True)
+        (DATA / "cuda_snapshot_rlhf_pattern.json").write_text(json.dumps({
+            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+            "snapshot": _strip_frames(snapshot),
+            "expected": {"peak_reserved_bytes": real["reserved_bytes.all.peak"],
+                         "peak_allocated_bytes": real["allocated_bytes.all.peak"]},
+        }))
+    del big, kept
+
+
+@pytest.mark.parametrize("path", FIXTURES or [None], ids=lambda p: p.name if p else "none")
+def test_replay_of_recorded_fixture_matches_its_gpu_figures(path):
+    if path is None:
+        pytest.skip("no real GPU trace recorded yet")
+    data = json.loads(path.read_text())
+    stats = replay_snapshot(data["snapshot"], AllocatorConfig.from_env_string(data["alloc_conf"]))
+    for key, value in data["expected"].items():
+        assert stats[key] == value, key
