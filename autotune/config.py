@@ -62,7 +62,7 @@ class WorkloadConfig:
     prompt_len: int = 8
     gen_len: int = 16
     steps: int = 8                             # RLHF iterations
-    ppo_epochs: int = 1
+    ppo_epochs: int = 4                        # PPO passes over each batch; 1 barely moves reward in a short trial
     micro_batch: int = 8                       # sequences per forward/backward in training
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3

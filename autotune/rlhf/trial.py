@@ -1,0 +1,219 @@
+"""One trial, start to finish: probe, workload, and a TrialResult whatever happens.
+
+`run_trial` never raises for a failed run: an out-of-memory (real or simulated) becomes status
+`oom` with the phase it hit, anything else status `error` with its text. `plan_trial` is the same
+run under FakeTensorMode: full-size models, no real memory, GPU memory predicted by the simulator.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from autotune import __version__
+from autotune.config import TrialConfig
+from autotune.errors import AutotuneError
+from autotune.result import TrialResult
+
+if TYPE_CHECKING:
+    from autotune.memory.probe import MemoryProbe
+    from autotune.memory.report import MemoryReport
+    from autotune.rlhf.workload import IterationStats, RLHFWorkload
+
+    ProgressCallback = Callable[[IterationStats, MemoryProbe], None]
+
+log = logging.getLogger(__name__)
+
+_GiB = 1 << 30
+ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def apply_allocator_env(cfg: TrialConfig) -> None:
+    """Put the allocator settings in `PYTORCH_CUDA_ALLOC_CONF` for a cuda trial.
+
+    The CUDA caching allocator reads the variable once, when CUDA initialises, so this must run
+    first; a value already set (by the launcher or the user) is kept.
+    """
+    wanted = cfg.memory.allocator.to_env_string()
+    current = os.environ.get(ALLOC_CONF_ENV)
+    if cfg.device != "cuda" or not wanted:
+        return
+    if current is None:
+        os.environ[ALLOC_CONF_ENV] = wanted
+    elif current != wanted:
+        log.warning("%s=%r is already set and wins over the config's %r", ALLOC_CONF_ENV, current, wanted)
+
+
+def plan_trial(cfg: TrialConfig, *, timeline: Path | None = None) -> TrialResult:
+    """One RLHF iteration of `cfg` under FakeTensorMode: predicted GPU memory per phase, no reward."""
+    return run_trial(cfg.replace(device="fake", **{"workload.steps": 1}), timeline=timeline)
+
+
+def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
+              on_iteration: ProgressCallback | None = None) -> TrialResult:
+    """Run one trial and describe it; OOMs and errors are results, not exceptions.
+
+    Args:
+        cfg: the trial.
+        timeline: where to save the probe's memory timeline (PNG), if wanted.
+        on_iteration: called with each iteration's `IterationStats` and the probe (progress lines).
+
+    Returns:
+        The TrialResult, with status ok, oom or error.
+    """
+    apply_allocator_env(cfg)
+    import torch
+
+    from autotune.memory.allocator import SimulatedOutOfMemoryError
+    from autotune.memory.probe import make_probe
+    from autotune.rlhf.workload import RLHFWorkload
+
+    start = time.perf_counter()
+    capacity = None if cfg.device_memory_gb is None else int(cfg.device_memory_gb * _GiB)
+    probe = workload = None
+    status, message, failed_phase = "ok", "", None
+    try:
+        probe = make_probe(cfg.device, cfg.memory.allocator, capacity_bytes=capacity)
+        workload = RLHFWorkload(cfg, probe)
+        with _fake_mode(cfg.device == "fake"), probe:
+            workload.setup()
+            workload.run(None if on_iteration is None else lambda stats: on_iteration(stats, probe))
+    except (torch.OutOfMemoryError, SimulatedOutOfMemoryError) as exc:
+        status, message = "oom", _first_line(exc)
+        failed_phase = probe.failed_phase or workload.current_phase
+        log.warning("out of memory in %s: %s", failed_phase, message)
+    except AutotuneError as exc:   # a user-facing problem (a missing model, a bad combination): no traceback
+        status, message = "error", str(exc)
+        failed_phase = getattr(workload, "current_phase", None)
+    except Exception as exc:  # noqa: BLE001 - every failure must become a result the tuner can read
+        status, message = "error", f"{type(exc).__name__}: {exc}"
+        failed_phase = getattr(workload, "current_phase", None)
+        log.exception("trial failed in %s", failed_phase or "setup")
+    result = _result(cfg, workload, probe, status=status, message=message, failed_phase=failed_phase,
+                     wall_time_s=time.perf_counter() - start)
+    if timeline is not None and probe is not None:
+        _save_timeline(probe, timeline)
+    return result
+
+
+def _result(cfg: TrialConfig, workload: RLHFWorkload | None, probe: MemoryProbe | None, *, status: str, message: str,
+            failed_phase: str | None, wall_time_s: float) -> TrialResult:
+    curve = tuple(getattr(workload, "reward_curve", ()))
+    times = list(getattr(workload, "step_times_s", ()))
+    if cfg.device == "fake" and cfg.memory.zero_stage > 0 and status == "ok":
+        from autotune.rlhf.zero import FAKE_ZERO_NOTE
+
+        message = FAKE_ZERO_NOTE
+    return TrialResult(
+        config_hash=cfg.config_hash(),
+        status=status,
+        backend=cfg.device,
+        message=message,
+        failed_phase=failed_phase,
+        memory=_report(probe),
+        reward_curve=curve,
+        initial_reward=curve[0] if curve else None,
+        reward=final_reward(curve),
+        step_time_s=step_time(times),
+        wall_time_s=wall_time_s,
+        versions=versions(deepspeed=cfg.memory.needs_deepspeed and cfg.device != "fake"),
+    )
+
+
+def final_reward(curve: tuple[float, ...]) -> float | None:
+    """The mean reward over the last quarter of the steps (at least one step); None without any."""
+    if not curve:
+        return None
+    tail = curve[-max(1, len(curve) // 4):]
+    return sum(tail) / len(tail)
+
+
+def step_time(times_s: list[float]) -> float | None:
+    """Median seconds per iteration after the first (which pays for warm-up), or the only one."""
+    if not times_s:
+        return None
+    return statistics.median(times_s[1:] or times_s)
+
+
+def versions(*, deepspeed: bool) -> dict[str, str]:
+    """The versions a result depends on: torch, transformers, autotune, and DeepSpeed if it ran."""
+    import torch
+    import transformers
+
+    found = {"torch": torch.__version__, "transformers": transformers.__version__, "autotune": __version__,
+             "python": sys.version.split()[0]}
+    if deepspeed:
+        import deepspeed as ds
+
+        found["deepspeed"] = ds.__version__
+    return found
+
+
+def _report(probe: MemoryProbe | None) -> MemoryReport | None:
+    if probe is None:
+        return None
+    try:
+        return probe.report()
+    except Exception:  # noqa: BLE001 - a broken report must not hide the trial's own outcome
+        log.exception("could not build the memory report")
+        return None
+
+
+def _save_timeline(probe: MemoryProbe, path: Path) -> None:
+    try:
+        probe.save_timeline(path)
+    except Exception:  # noqa: BLE001 - the timeline is an extra; the result still counts
+        log.exception("could not save the memory timeline to %s", path)
+
+
+@contextlib.contextmanager
+def _fake_mode(enabled: bool) -> Iterator[None]:
+    """FakeTensorMode for the `fake` backend: tensors with shapes and no storage."""
+    if not enabled:
+        yield
+        return
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences():
+        yield
+
+
+@contextlib.contextmanager
+def _unpacked_sequences() -> Iterator[None]:
+    """Tell transformers' mask builder that no batch is packed, as a real run finds out by itself.
+
+    On real tensors transformers reads the position ids, sees no packing and lets SDPA use its
+    causal fast path. Fake tensors have no values, so it assumes packing and materialises a 4-D
+    mask that changes the attention kernels' memory. The workload never packs sequences, so the
+    answer is known.
+    """
+    from transformers import masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def write_result(result: TrialResult, path: str | Path) -> None:
+    """Write the result JSON atomically: a reader sees the old file or the whole new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        result.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
