@@ -1,4 +1,118 @@
-"""CLI commands: placeholder until its issue lands."""
+"""`autotune search` and `autotune pareto`: thin wrappers over autotune.tuner."""
 from __future__ import annotations
 
-COMMANDS: list = []
+import shlex
+from pathlib import Path
+
+import click
+
+from autotune.errors import ConfigError
+
+_DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
+
+
+def _gpus(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    gpus = tuple(g.strip() for g in text.split(",") if g.strip())
+    bad = [g for g in gpus if not g.isdigit()]
+    if bad:
+        raise ConfigError(f"--gpus takes GPU indices such as 0,1,2; got {', '.join(bad)}")
+    return gpus
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs every study and trial at INFO on its own handler; autotune's -v decides instead."""
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(max(logging.getLogger().getEffectiveLevel(), logging.WARNING))
+
+
+@click.command()
+@click.option("--model", required=True, help="Actor model: a preset name (llama-tiny, llama-1b, ...) or a local path.")
+@click.option("--space", "space_path", type=click.Path(dir_okay=False, path_type=Path), default=_DEFAULT_SPACE,
+              show_default="search_spaces/default.yaml", help="Search-space YAML file.")
+@click.option("--trials", "n_trials", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Trials with a result the study should hold when this command ends (all workers together).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop starting new trials after this many seconds.")
+@click.option("--trial-timeout", "trial_timeout_s", type=click.FloatRange(min=0, min_open=True), default=1800.0,
+              show_default=True, help="End one trial after this many seconds; it is recorded as a timeout.")
+@click.option("--budget-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="GPU memory budget (GiB); default: the space's budget_gb.")
+@click.option("--study", default=None, help="Study name; default: the model name.")
+@click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
+@click.option("--gpus", default=None, help="GPU indices for parallel trials, e.g. 0,1,2,3; default: the CPU.")
+@click.option("--sampler", type=click.Choice(["tpe", "nsga2", "gp", "random"]), default="tpe", show_default=True)
+@click.option("--seed", type=int, default=None, help="Sampler seed.")
+@click.option("--policy", type=click.Choice(["max-reward", "min-memory"]), default="max-reward", show_default=True)
+@click.option("--min-reward-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.98, show_default=True)
+@click.option("--prescreen/--no-prescreen", default=True, show_default=True,
+              help="Predict each GPU trial's peak with `autotune plan` and skip configs over the budget.")
+@click.option("--advisor/--no-advisor", default=True, show_default=True, help="Queue targeted follow-up configs.")
+@click.option("--tracking/--no-tracking", default=True, show_default=True, help="Log to MLflow.")
+@click.option("--timeline/--no-timeline", default=True, show_default=True, help="Write each trial's timeline.png.")
+@click.option("--heartbeat", "heartbeat_s", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds between a running trial's heartbeats; a dead worker's trial is retried after two.")
+@click.option("--trial-command", default=None, help="Run trials with this command instead of `autotune trial`.")
+def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
+           budget_gb: float | None, study: str | None, storage: str | None, tracking_uri: str | None,
+           gpus: str | None, sampler: str, seed: int | None, policy: str, min_reward_ratio: float,
+           prescreen: bool, advisor: bool, tracking: bool, timeline: bool, heartbeat_s: int,
+           trial_command: str | None) -> None:
+    """Search FRUGAL partitions x memory interventions with an Optuna study; recommend one config.
+
+    Re-running the same command resumes the study; other machines join it with the same --storage.
+    """
+    from autotune.tuner.controller import SearchSettings, run_search
+    from autotune.tuner.launcher import TRIAL_COMMAND, Launcher
+    from autotune.tuner.progress import SearchProgress
+    from autotune.tuner.recommend import summary
+    from autotune.tuner.space import load_space
+
+    _quiet_optuna()
+    space = load_space(space_path).rebase({"model.actor": model})
+    if not gpus and space.base.device == "cuda":
+        # no GPUs listed: trials run on the CPU, with the budget as the simulated device size
+        click.echo(f"no --gpus given: running {space_path.name} trials on the CPU", err=True)
+        space = space.rebase({"device": "cpu"})
+    launcher = Launcher(trial_command=tuple(shlex.split(trial_command)) if trial_command else TRIAL_COMMAND,
+                        timeout_s=trial_timeout_s, timeline=timeline)
+    settings = SearchSettings(
+        study=study or model.replace("/", "_"), space=space, n_trials=n_trials, storage=storage, timeout_s=timeout_s,
+        budget_gb=budget_gb, gpus=_gpus(gpus), sampler=sampler, seed=seed, prescreen=prescreen, advisor=advisor,
+        launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
+        policy=policy, min_reward_ratio=min_reward_ratio)
+    with SearchProgress(n_trials) as progress:
+        outcome = run_search(settings, on_record=progress.update)
+    click.echo(f"study {settings.study}: {len(outcome.records)} trials, {outcome.trials_run} run now; "
+               f"controller overhead {outcome.overhead_share:.1%} of trial time")
+    if outcome.recommendation is None:
+        click.echo("no feasible trial: nothing to recommend (raise --budget-gb or widen the space)")
+        return
+    click.echo(summary(outcome.recommendation))
+    click.echo(f"wrote runs/{settings.study}/recommended.yaml and runs/{settings.study}/pareto.json")
+
+
+@click.command()
+@click.option("--study", required=True, help="Study name.")
+@click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
+@click.option("--log", "log_to_mlflow", is_flag=True, help="Also log the front to MLflow.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (with --log).")
+@click.option("--budget-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Budget for marking the recommendation; default: the study's.")
+def pareto(study: str, storage: str | None, log_to_mlflow: bool, tracking_uri: str | None,
+           budget_gb: float | None) -> None:
+    """Print the study's feasible Pareto front as a table."""
+    from autotune.tuner.report import log_front, render_front
+
+    click.echo(render_front(study, storage, budget_gb=budget_gb))
+    if log_to_mlflow:
+        log_front(study, storage, tracking_uri=tracking_uri, budget_gb=budget_gb)
+        click.echo("logged the front to MLflow")
+
+
+COMMANDS = [search, pareto]

@@ -1,0 +1,391 @@
+"""The controller: an Optuna multi-objective study that runs trials, learns from them, and advises.
+
+One worker thread per GPU (one for the CPU) repeats: claim a trial (ask), build its config, run it
+as a subprocess, tell Optuna, log it, and let the advisor queue a targeted follow-up. The stop rule
+counts trials that carry a result in the storage, so any number of workers on any number of
+machines together finish exactly `n_trials`; a trial whose worker died goes stale (heartbeat) and
+is re-queued by Optuna's RetryHeartbeatStaleTrialCallback.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from autotune.config import MemoryConfig, TrialConfig
+from autotune.errors import ConfigError, NoFeasibleTrialError
+from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
+from autotune.tuner import advisor, study as studies
+from autotune.tuner.launcher import Launcher, prescreen, run_trial
+from autotune.tuner.recommend import Recommendation, recommend, write_outputs
+from autotune.tuner.scoring import score
+from autotune.tuner.space import SearchSpace, apply_params, params_for, suggest
+
+log = logging.getLogger(__name__)
+
+USER_ATTR_SURPLUS = "autotune.surplus"    # claimed after the study was full; never ran
+USER_ATTR_CANCELLED = "autotune.cancelled"
+USER_ATTR_INVALID = "autotune.invalid"    # the sampled combination failed validation; why
+_WAIT_S = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """One `autotune search` invocation."""
+
+    study: str
+    space: SearchSpace
+    n_trials: int = 12
+    storage: str | None = None              # None: sqlite:///runs/<study>/optuna.db
+    timeout_s: float | None = None          # for the whole search; trials then in flight finish
+    budget_gb: float | None = None          # None: the space's budget_gb
+    gpus: tuple[str, ...] = ()              # empty: one trial at a time on the CPU
+    sampler: str = "tpe"
+    seed: int | None = None
+    prescreen: bool = True                  # `autotune plan` before each GPU trial
+    advisor: bool = True
+    launcher: Launcher = field(default_factory=Launcher)
+    heartbeat_interval_s: int = 10
+    grace_period_s: int | None = None       # None: Optuna's default, two intervals
+    tracking_uri: str | None = None
+    track: bool = True
+    policy: str = "max-reward"              # see autotune.tuner.recommend
+    min_reward_ratio: float = 0.98
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchOutcome:
+    """The study's records after this invocation, the recommendation, and this run's timings."""
+
+    records: tuple[TrialRecord, ...]
+    recommendation: Recommendation | None
+    trials_run: int
+    trial_wall_s: float                     # controller wall time per trial, summed (claim to record)
+    subprocess_s: float                     # of which the trial subprocesses ran
+
+    @property
+    def overhead_share(self) -> float:
+        """Controller time outside trial subprocesses, as a share of trial time."""
+        return (self.trial_wall_s - self.subprocess_s) / self.subprocess_s if self.subprocess_s else 0.0
+
+
+def baseline_config(space: SearchSpace) -> TrialConfig:
+    """AdamW with no interventions, on the space's base (model, workload, device, budget)."""
+    optimizer = dataclasses.replace(space.base.optimizer, name="adamw", critic="adamw")
+    return dataclasses.replace(space.base, optimizer=optimizer, memory=MemoryConfig())
+
+
+def with_budget(space: SearchSpace, budget_gb: float | None) -> SearchSpace:
+    """Simulated devices (cpu, fake) get the budget as their capacity, so over-budget runs OOM."""
+    if budget_gb is None or space.base.device == "cuda":
+        return space
+    return space.rebase({"device_memory_gb": budget_gb})
+
+
+class Controller:
+    """Runs one search invocation against a (possibly shared) study. Use `run()` once."""
+
+    def __init__(self, settings: SearchSettings, *, on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None):
+        self.settings = settings
+        self.budget_gb = settings.budget_gb if settings.budget_gb is not None else settings.space.budget_gb
+        self.space = with_budget(settings.space, self.budget_gb)
+        self.storage_url = settings.storage or studies.default_storage(settings.study)
+        self.storage = studies.open_storage(self.storage_url, heartbeat_interval_s=settings.heartbeat_interval_s,
+                                            grace_period_s=settings.grace_period_s)
+        self.study = studies.open_study(
+            settings.study, self.storage, directions=self.space.directions,
+            objectives=[o.metric for o in self.space.objectives],
+            sampler=studies.make_sampler(settings.sampler, settings.seed), budget_gb=self.budget_gb)
+        self.trials_dir = studies.study_dir(settings.study) / "trials"
+        self.cancel = threading.Event()
+        self.lock = threading.Lock()       # one ask/tell at a time keeps the surplus check exact per process
+        # advisor proposals with the config each one changes
+        self.pending: collections.deque[tuple[advisor.Proposal, TrialConfig]] = collections.deque()
+        self.last_advised = False
+        self.on_record = on_record
+        self.tracker = _open_tracker(settings, self.storage_url) if settings.track else None
+        self._timings: list[tuple[float, float]] = []
+        self._errors: list[BaseException] = []
+        self._outputs: tuple[Path | None, Path | None] = (None, None)
+        self._deadline = None if settings.timeout_s is None else time.monotonic() + settings.timeout_s
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> SearchOutcome:
+        """Run workers until the study holds `n_trials` results; recommend; write the outputs.
+
+        Ctrl-C ends the running trials, re-queues their configs and re-raises KeyboardInterrupt,
+        leaving the study consistent, so the same command resumes it.
+        """
+        self._enqueue_baseline()
+        if self.tracker is not None:
+            self.tracker.start_search(self._tracking_settings())
+        workers = [threading.Thread(target=self._worker, args=(gpu,), name=f"trial-worker-{gpu or 'cpu'}", daemon=True)
+                   for gpu in (self.settings.gpus or (None,))]
+        try:
+            for w in workers:
+                w.start()
+            for w in workers:
+                while w.is_alive():
+                    w.join(timeout=_WAIT_S)
+        except BaseException:
+            self.cancel.set()
+            for w in workers:
+                w.join()
+            self._close(None)
+            raise
+        if self._errors:
+            self._close(None)
+            raise self._errors[0]
+        return self._finish()
+
+    def _worker(self, gpu: str | None) -> None:
+        try:
+            while not self.cancel.is_set():
+                claimed = self._claim()
+                if claimed is None:
+                    return
+                if claimed == "wait":
+                    self.cancel.wait(_WAIT_S)
+                    continue
+                self._run_one(claimed, gpu)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            self._errors.append(exc)
+            self.cancel.set()
+
+    def _claim(self) -> Any:
+        """The next trial to run, "wait" while others finish the last ones, or None when done."""
+        from optuna.exceptions import ExperimentalWarning
+        from optuna.storages import fail_stale_trials
+        from optuna.trial import TrialState
+
+        n = self.settings.n_trials
+        with self.lock, warnings.catch_warnings():
+            # The controller beats and fails stale trials itself, as it uses ask/tell rather than
+            # Study.optimize; Optuna warns about exactly that, and that heartbeats are experimental.
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            fail_stale_trials(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            done = sum(USER_ATTR_RESULT in t.user_attrs for t in trials if t.state.is_finished())
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if done >= n or (self._deadline is not None and time.monotonic() > self._deadline):
+                return None
+            if done + running >= n:
+                return "wait"
+            self._enqueue_next_proposal(trials)
+            trial = self.study.ask()
+            if self._claims_before(trial.number) >= n:
+                self._release(trial, USER_ATTR_SURPLUS, requeue=True)
+                return "wait"
+            if self._duplicate_baseline(trial):
+                self._release(trial, USER_ATTR_SURPLUS, requeue=False)
+                return "wait"
+            return trial
+
+    def _duplicate_baseline(self, trial: Any) -> bool:
+        """Two workers starting one study at once both queue a baseline; the first one counts."""
+        if trial.user_attrs.get(USER_ATTR_REASON) != "baseline":
+            return False
+        from optuna.trial import TrialState
+
+        # a stale or released baseline (failed without a result) was re-queued and does not count
+        return any(t.number < trial.number and t.user_attrs.get(USER_ATTR_REASON) == "baseline"
+                   and not (t.state == TrialState.FAIL and USER_ATTR_RESULT not in t.user_attrs)
+                   for t in self.study.get_trials(deepcopy=False))
+
+    def _claims_before(self, number: int) -> int:
+        from optuna.trial import TrialState
+
+        return sum(t.number < number and (t.state == TrialState.RUNNING or USER_ATTR_RESULT in t.user_attrs)
+                   for t in self.study.get_trials(deepcopy=False))
+
+    def _run_one(self, trial: Any, gpu: str | None) -> None:
+        start = time.perf_counter()
+        config, reason = self._config_for(trial)
+        trial.set_user_attr(USER_ATTR_REASON, reason)
+        trial_dir = self.trials_dir / str(trial.number)
+        # Optuna has no public trial id; the storage's heartbeat API is keyed by it
+        with _heartbeat(self.storage, trial._trial_id, self.settings.heartbeat_interval_s):
+            result, subprocess_s = self._execute(trial, config, trial_dir, gpu)
+        if result is None:       # cancelled: the config goes back to the queue for the resumed run
+            with self.lock:
+                self._release(trial, USER_ATTR_CANCELLED, requeue=True)
+            return
+        record = self._tell(trial, config, result, reason)
+        self._after(record, trial_dir)
+        self._timings.append((time.perf_counter() - start, subprocess_s))
+
+    def _config_for(self, trial: Any) -> tuple[TrialConfig, str | None]:
+        """An enqueued (advised, baseline or retried) trial carries its config; else sample one."""
+        params = suggest(trial, self.space)
+        stored = trial.user_attrs.get(USER_ATTR_CONFIG)
+        if stored is not None:
+            return TrialConfig.from_dict(stored), trial.user_attrs.get(USER_ATTR_REASON)
+        try:
+            config = apply_params(self.space, params)
+        except ConfigError as exc:
+            # An invalid combination (e.g. optimizer offload with ZeRO 0) cannot be built; it is
+            # recorded against the base config, as infeasible, with the reason, so the sampler learns.
+            config = self.space.base
+            trial.set_user_attr(USER_ATTR_INVALID, str(exc))
+        trial.set_user_attr(USER_ATTR_CONFIG, config.to_dict())
+        return config, None
+
+    def _execute(self, trial: Any, config: TrialConfig, trial_dir: Path, gpu: str | None) -> tuple[TrialResult | None, float]:
+        invalid = trial.user_attrs.get(USER_ATTR_INVALID)
+        if invalid is not None:
+            return TrialResult(config_hash=config.config_hash(), status="prescreened", backend=config.device,
+                               message=f"invalid config: {invalid}"), 0.0
+        settings = self.settings
+        if gpu is not None and settings.prescreen and self.budget_gb is not None:
+            screened = prescreen(config, trial_dir, launcher=settings.launcher, budget_gb=self.budget_gb)
+            if screened is not None:
+                return screened, 0.0
+        launched = run_trial(config, trial_dir, launcher=settings.launcher, gpu=gpu, cancel=self.cancel)
+        return (None if launched.cancelled else launched.result), launched.subprocess_s
+
+    def _tell(self, trial: Any, config: TrialConfig, result: TrialResult, reason: str | None) -> TrialRecord:
+        from optuna.trial import TrialState
+
+        outcome = score(result, self.space, self.budget_gb)
+        metrics = [o.metric for o in self.space.objectives]
+        with self.lock:
+            trial.set_user_attr(USER_ATTR_RESULT, result.to_dict())
+            for name, value in outcome.constraints.items():
+                trial.set_constraint(name, value)
+            if outcome.state == "complete":
+                self.study.tell(trial, list(outcome.values or ()))
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
+        log.info("trial %d: %s%s", trial.number, result.status, f" ({outcome.note})" if outcome.note else "")
+        objectives = studies.measured_objectives(result, metrics) if outcome.state == "complete" else {}
+        return TrialRecord(number=trial.number, config=config, result=result, objectives=objectives,
+                           feasible=outcome.feasible, advisor_reason=reason)
+
+    def _after(self, record: TrialRecord, trial_dir: Path) -> None:
+        if self.tracker is not None:
+            self.tracker.log_trial(record, trial_dir if trial_dir.is_dir() else None)
+        with self.lock:
+            self.last_advised = record.advisor_reason not in (None, "baseline")
+            if self.settings.advisor:
+                # newest advice first (it reads the latest trial), each record's rules in their order
+                self.pending.extendleft(reversed([(p, record.config) for p in advisor.advise(record)]))
+        if self.on_record is not None:
+            self.on_record(record, studies.records_of(self.study))
+
+    # -- queueing ------------------------------------------------------------------------------
+    def _enqueue_baseline(self) -> None:
+        if self.study.get_trials(deepcopy=False):
+            return   # resumed or joined: the first worker already queued it
+        self._enqueue(baseline_config(self.space), "baseline")
+
+    def _enqueue_next_proposal(self, trials: list[Any]) -> None:
+        """Queue one advisor proposal, alternating with sampled trials so neither starves."""
+        from optuna.trial import TrialState
+
+        if not self.pending or self.last_advised or any(t.state == TrialState.WAITING for t in trials):
+            return
+        tried = {json.dumps(t.user_attrs[USER_ATTR_CONFIG], sort_keys=True) for t in trials
+                 if USER_ATTR_CONFIG in t.user_attrs}
+        while self.pending:
+            proposal, source = self.pending.popleft()
+            try:
+                config = proposal.apply(source)
+            except ConfigError as exc:
+                log.info("advisor %s: proposal invalid here (%s)", proposal.rule, exc)
+                continue
+            if json.dumps(config.to_dict(), sort_keys=True) not in tried:
+                self._enqueue(config, proposal.reason)
+                return
+
+    def _enqueue(self, config: TrialConfig, reason: str) -> None:
+        self.study.enqueue_trial(params_for(self.space, config),
+                                 user_attrs={USER_ATTR_CONFIG: config.to_dict(), USER_ATTR_REASON: reason})
+
+    def _release(self, trial: Any, marker: str, *, requeue: bool) -> None:
+        """End a trial that must not count (surplus, duplicate or cancelled), re-queuing what it carried.
+
+        A sampled surplus trial is not re-queued: the sampler proposes afresh next time.
+        """
+        from optuna.trial import TrialState
+
+        frozen = self.study.get_trials(deepcopy=False)[trial.number]
+        carried = USER_ATTR_CONFIG in frozen.user_attrs and (marker == USER_ATTR_CANCELLED or "fixed_params" in frozen.system_attrs)
+        if requeue and carried:
+            self.study.enqueue_trial(frozen.system_attrs.get("fixed_params", frozen.params), user_attrs={
+                USER_ATTR_CONFIG: frozen.user_attrs[USER_ATTR_CONFIG],
+                USER_ATTR_REASON: frozen.user_attrs.get(USER_ATTR_REASON)})
+        trial.set_user_attr(marker, True)
+        self.study.tell(trial, state=TrialState.FAIL)
+
+    # -- the end -------------------------------------------------------------------------------
+    def _finish(self) -> SearchOutcome:
+        records = studies.records_of(self.study)
+        recommendation = None
+        try:
+            recommendation = recommend(records, policy=self.settings.policy, budget_gb=self.budget_gb,
+                                       min_reward_ratio=self.settings.min_reward_ratio)
+        except NoFeasibleTrialError as exc:
+            log.warning("no recommendation: %s", exc)
+        if recommendation is not None:
+            self._outputs = write_outputs(recommendation, records, studies.study_dir(self.settings.study))
+        self._close(recommendation, records)
+        return SearchOutcome(records=tuple(records), recommendation=recommendation, trials_run=len(self._timings),
+                             trial_wall_s=sum(t for t, _ in self._timings),
+                             subprocess_s=sum(s for _, s in self._timings))
+
+    def _close(self, recommendation: Recommendation | None, records: list[TrialRecord] | None = None) -> None:
+        if self.tracker is None:
+            return
+        if records is not None:
+            self.tracker.finish_search(records, recommendation, *self._outputs)
+        self.tracker.close()
+
+    def _tracking_settings(self) -> dict[str, object]:
+        s = self.settings
+        return {"study": s.study, "space": self.space.source, "n_trials": s.n_trials, "sampler": s.sampler,
+                "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(s.gpus) or "cpu",
+                "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url}
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: Any, trial_id: int, interval_s: int) -> Iterator[None]:
+    """Beat for a running trial, so a dead worker's trial goes stale and is retried elsewhere."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _open_tracker(settings: SearchSettings, storage_url: str) -> Any:
+    """The MLflow StudyTracker, or None (with a warning) where autotune.tracking is unavailable."""
+    try:
+        from autotune.tracking import StudyTracker
+    except ImportError as exc:
+        log.warning("MLflow tracking unavailable (%s); the search runs without it", exc)
+        return None
+    return StudyTracker(study_name=settings.study, storage_url=storage_url, tracking_uri=settings.tracking_uri)
+
+
+def run_search(settings: SearchSettings, **kwargs: Any) -> SearchOutcome:
+    """Run `autotune search` as a library call; see Controller."""
+    return Controller(settings, **kwargs).run()

@@ -1,0 +1,183 @@
+"""Runs one trial as a subprocess (`autotune trial`), and pre-screens it with `autotune plan`.
+
+A trial gets its own process so that an OOM or a crash cannot take the controller down, and so
+that `PYTORCH_CUDA_ALLOC_CONF` and `CUDA_VISIBLE_DEVICES` are in place before CUDA initialises.
+Whatever happens, the caller gets a TrialResult: a timeout, a crash without a result file and an
+OOM are each a status with a message, never an exception.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autotune.config import TrialConfig
+from autotune.errors import ConfigError
+from autotune.result import TrialResult
+
+log = logging.getLogger(__name__)
+
+TRIAL_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "trial")
+PLAN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "plan")
+_KILL_GRACE_S = 5.0
+_POLL_S = 0.02   # how often a waiting controller checks for Ctrl-C; small next to any trial
+
+
+@dataclass(frozen=True, kw_only=True)
+class Launcher:
+    """How trials are started. The commands are injectable so tests can run a stand-in program."""
+
+    trial_command: tuple[str, ...] = TRIAL_COMMAND
+    plan_command: tuple[str, ...] = PLAN_COMMAND
+    timeout_s: float | None = None
+    timeline: bool = False            # ask the trial for timeline.png (costs a matplotlib import)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Launched:
+    """A trial's result and the seconds its subprocess ran (for the controller-overhead figure)."""
+
+    result: TrialResult
+    subprocess_s: float
+    cancelled: bool = False           # the controller ended it (Ctrl-C); the result is not the config's
+
+
+def trial_env(config: TrialConfig, gpu: str | None) -> dict[str, str]:
+    """The child's environment: one GPU (or none) and this trial's allocator settings."""
+    env = dict(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else ""
+    alloc = config.memory.allocator.to_env_string()
+    if alloc:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = alloc
+    else:
+        # the user's own setting would silently change what this trial measures
+        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+    return env
+
+
+def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: str | None = None,
+              cancel: threading.Event | None = None) -> Launched:
+    """Write `trial.yaml`, run the trial command, and read `result.json` back.
+
+    Args:
+        config: the trial's configuration.
+        trial_dir: `runs/<study>/trials/<number>/`; created if missing.
+        launcher: the command and time limit.
+        gpu: the one GPU index to expose, or None for a CPU trial.
+        cancel: when set, the trial is ended and reported as cancelled.
+
+    Returns:
+        The result (status ok, oom, error or timeout) and the subprocess wall time.
+    """
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    config_path, out_path = trial_dir / "trial.yaml", trial_dir / "result.json"
+    config.dump(config_path)
+    out_path.unlink(missing_ok=True)  # a stale file from a killed run must not pass as this run's
+    argv = [*launcher.trial_command, "--config", str(config_path), "--out", str(out_path)]
+    if launcher.timeline:
+        argv += ["--timeline", str(trial_dir / "timeline.png")]
+    start = time.perf_counter()
+    code = _run(argv, trial_dir / "trial.log", trial_env(config, gpu), launcher.timeout_s, cancel)
+    elapsed = time.perf_counter() - start
+    if code == _CANCELLED:
+        return Launched(result=_failed(config, "error", "cancelled by the controller", elapsed),
+                        subprocess_s=elapsed, cancelled=True)
+    if code is None:
+        result = _failed(config, "timeout", f"timed out after {launcher.timeout_s:g} s", elapsed)
+    else:
+        result = _read_result(config, out_path, code, trial_dir / "trial.log", elapsed)
+    log.info("trial %s: %s %s", trial_dir.name, result.status, result.message)
+    return Launched(result=result, subprocess_s=elapsed)
+
+
+def prescreen(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, budget_gb: float) -> TrialResult | None:
+    """Predict the trial's peak with `autotune plan`; a "prescreened" result when over budget.
+
+    Returns:
+        None when the prediction fits the budget, or when planning itself failed (logged as a
+        warning: the trial then runs and measures for real).
+    """
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    config_path, out_path = trial_dir / "trial.yaml", trial_dir / "plan.json"
+    config.dump(config_path)
+    argv = [*launcher.plan_command, "--config", str(config_path), "--out", str(out_path)]
+    code = _run(argv, trial_dir / "plan.log", trial_env(config, None), launcher.timeout_s)
+    if code is None or code == _CANCELLED:
+        log.warning("trial %s: plan did not finish; running the trial anyway", trial_dir.name)
+        return None
+    try:
+        plan = TrialResult.load(out_path)
+    except ConfigError as exc:
+        log.warning("trial %s: plan failed (exit %s): %s; running it anyway", trial_dir.name, code, exc)
+        return None
+    if plan.memory is None or plan.memory.peak_reserved_gb <= budget_gb:
+        return None
+    return TrialResult(
+        config_hash=config.config_hash(), status="prescreened", backend=plan.backend, memory=plan.memory,
+        message=f"predicted peak reserved {plan.memory.peak_reserved_gb:.3f} GiB "
+        f"(in {plan.memory.peak_phase}) exceeds the {budget_gb:g} GiB budget",
+        failed_phase=plan.memory.peak_phase, wall_time_s=plan.wall_time_s,
+    )
+
+
+_CANCELLED = -(1 << 16)   # not an exit code any process can return
+
+
+def _run(argv: list[str], log_path: Path, env: dict[str, str], timeout_s: float | None,
+         cancel: threading.Event | None = None) -> int | None:
+    """Run `argv` in its own process group: its exit code, None on timeout, _CANCELLED on cancel."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with open(log_path, "wb") as log_file:
+        # A new session keeps Ctrl-C at the terminal from reaching the child half-way; the
+        # controller ends it itself, so the study records what really happened.
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=_POLL_S)
+                except subprocess.TimeoutExpired:
+                    pass
+                if cancel is not None and cancel.is_set():
+                    _kill(proc)
+                    return _CANCELLED
+                if deadline is not None and time.monotonic() > deadline:
+                    _kill(proc)
+                    return None
+        except BaseException:
+            _kill(proc)
+            raise
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGTERM the child's process group, then SIGKILL whatever outlives the grace period."""
+    for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _read_result(config: TrialConfig, path: Path, code: int, log_path: Path, elapsed: float) -> TrialResult:
+    if path.is_file():
+        try:
+            return TrialResult.load(path)
+        except ConfigError as exc:
+            return _failed(config, "error", f"exit code {code}, unreadable result: {exc}", elapsed)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+    return _failed(config, "error", f"exit code {code} and no result file; log tail: {' | '.join(tail)}", elapsed)
+
+
+def _failed(config: TrialConfig, status: str, message: str, elapsed: float) -> TrialResult:
+    return TrialResult(config_hash=config.config_hash(), status=status, backend=config.device,  # type: ignore[arg-type]
+                       message=message, wall_time_s=elapsed)

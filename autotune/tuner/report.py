@@ -1,0 +1,78 @@
+"""The Pareto front of a stored study, as a terminal table and (on request) in MLflow."""
+from __future__ import annotations
+
+import io
+import logging
+
+from autotune.errors import NoFeasibleTrialError
+from autotune.result import TrialRecord
+from autotune.tuner.recommend import Recommendation, pareto_front, recommend
+from autotune.tuner.study import STUDY_ATTR_BUDGET, load_study, records_of, study_dir
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def front_table(records: list[TrialRecord], recommendation: Recommendation | None) -> str:
+    """The feasible front as a rich table rendered to text; the recommended trial is starred."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front: {len(pareto_front(records))} of {len(records)} trials")
+    for name in ("#", "reward", "peak reserved GiB", "fragmentation", "step s", "optimizer", "why tried"):
+        table.add_column(name, justify="left" if name in ("optimizer", "why tried") else "right")
+    chosen = recommendation.record.number if recommendation is not None else None
+    for r in pareto_front(records):
+        mem = r.result.memory
+        opt = r.config.optimizer
+        table.add_row(
+            f"{'*' if r.number == chosen else ''}{r.number}", _fmt(r.result.reward, ".4g"),
+            _fmt(None if mem is None else mem.peak_reserved_gb, ".4g"),
+            _fmt(None if mem is None else mem.fragmentation, ".1%"), _fmt(r.result.step_time_s, ".3g"),
+            opt.name if opt.name == "adamw" else f"frugal {opt.partition.density:g}", r.advisor_reason or "sampled")
+    buffer = io.StringIO()
+    Console(file=buffer, width=120, force_terminal=False).print(table)
+    return buffer.getvalue().rstrip()
+
+
+def _records_and_choice(study_name: str, storage: str | None,
+                        budget_gb: float | None) -> tuple[list[TrialRecord], Recommendation | None, float | None]:
+    study = load_study(study_name, storage)
+    records = records_of(study)
+    budget = budget_gb if budget_gb is not None else study.user_attrs.get(STUDY_ATTR_BUDGET)
+    try:
+        return records, recommend(records, budget_gb=budget), budget
+    except NoFeasibleTrialError as exc:
+        log.info("no recommendation: %s", exc)
+        return records, None, budget
+
+
+def render_front(study_name: str, storage: str | None = None, *, budget_gb: float | None = None) -> str:
+    """`autotune pareto`: the front of a stored study, with the default policy's choice starred.
+
+    Raises:
+        StudyNotFoundError: naming the storage searched.
+    """
+    records, recommendation, _ = _records_and_choice(study_name, storage, budget_gb)
+    return front_table(records, recommendation)
+
+
+def log_front(study_name: str, storage: str | None = None, *, tracking_uri: str | None = None,
+              budget_gb: float | None = None) -> None:
+    """`autotune pareto --log`: hand the study's records and recommendation to the MLflow tracker."""
+    from autotune.tracking import StudyTracker
+    from autotune.tuner.study import default_storage
+
+    records, recommendation, _ = _records_and_choice(study_name, storage, budget_gb)
+    out = study_dir(study_name)
+    pareto_json, recommended = out / "pareto.json", out / "recommended.yaml"
+    tracker = StudyTracker(study_name=study_name, storage_url=storage or default_storage(study_name),
+                           tracking_uri=tracking_uri)
+    try:
+        tracker.finish_search(records, recommendation, pareto_json if pareto_json.is_file() else None,
+                              recommended if recommended.is_file() else None)
+    finally:
+        tracker.close()

@@ -1,0 +1,134 @@
+"""The controller with a stand-in trial program: studies finish, failures are recorded, nothing is lost."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.config import TrialConfig
+from autotune.tuner.controller import SearchSettings, run_search
+from autotune.tuner.launcher import Launcher, run_trial
+from autotune.tuner.study import default_storage, load_records, open_storage
+from tests.tuner.tuner_helpers import (BUDGET_GB, FAKE_COMMAND, ci_space, fake_launcher, result_count, search_cmd,
+                                       subprocess_env)
+
+
+def _settings(study: str, n: int, **kw: object) -> SearchSettings:
+    kw.setdefault("launcher", fake_launcher())
+    return SearchSettings(study=study, space=ci_space(), n_trials=n, budget_gb=BUDGET_GB, track=False, seed=0,
+                          heartbeat_interval_s=1, **kw)  # type: ignore[arg-type]
+
+
+def test_six_trial_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    outcome = run_search(_settings("six", 6))
+    records = load_records("six")
+    assert [r.number for r in records] == list(range(6)) and outcome.trials_run == 6
+    baseline = records[0]
+    assert baseline.advisor_reason == "baseline"
+    assert baseline.config.optimizer.name == "adamw" and baseline.config.memory.empty_cache_after == ()
+    # the AdamW baseline (27.5 MiB) does not fit 0.025 GiB: an OOM, told as infeasible
+    assert baseline.result.status == "oom" and not baseline.feasible
+    assert "reward" not in baseline.objectives   # Optuna's stand-in value is not a measurement
+    study = optuna.load_study(study_name="six", storage=default_storage("six"))
+    assert study.best_trials
+    assert {t.number for t in study.best_trials} <= {r.number for r in records if r.feasible}
+    # advisor proposals interleave with sampled trials, each with its reason
+    reasons = [r.advisor_reason for r in records[1:]]
+    assert any(reasons) and None in reasons
+    assert all(not (a and b) for a, b in zip(reasons, reasons[1:]))
+    recommended = TrialConfig.load(tmp_path / "runs" / "six" / "recommended.yaml")
+    assert recommended == outcome.recommendation.record.config
+    rerun = run_trial(recommended, tmp_path / "rerun", launcher=fake_launcher()).result
+    assert rerun.reward == pytest.approx(outcome.recommendation.record.result.reward)
+    assert (tmp_path / "runs" / "six" / "pareto.json").is_file()
+    assert (tmp_path / "runs" / "six" / "trials" / "0" / "result.json").is_file()
+
+
+def test_crash_timeout_and_oom_are_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "1:raise,2:sleep,3:oom")
+    run_search(_settings("rough", 6, launcher=fake_launcher(timeout_s=3.0)))
+    by_number = {r.number: r for r in load_records("rough")}
+    assert len(by_number) == 6
+    assert by_number[1].result.status == "error" and "crashed on purpose" in by_number[1].result.message
+    assert by_number[2].result.status == "timeout" and "timed out" in by_number[2].result.message
+    assert by_number[3].result.status == "oom" and not by_number[3].feasible
+    study = optuna.load_study(study_name="rough", storage=default_storage("rough"))
+    states = {t.number: t.state for t in study.trials}
+    assert states[1] == states[2] == optuna.trial.TrialState.FAIL
+    assert states[3] == optuna.trial.TrialState.COMPLETE and study.trials[3].constraints["did_not_run"] > 0
+
+
+def test_sigkill_mid_study_then_resume(tmp_path: Path) -> None:
+    env = subprocess_env(FAKE_TRIAL_SLEEP_S="0.8")
+    proc = subprocess.Popen(search_cmd("killed", 6), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while result_count(tmp_path) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.3)   # land inside the next trial
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(search_cmd("killed", 6), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    storage = f"sqlite:///{tmp_path}/runs/killed/optuna.db"
+    records = load_records("killed", storage)
+    assert len(records) == 6   # exactly the requested number: none lost, none run twice
+    assert len({r.number for r in records}) == 6 and records[0].advisor_reason == "baseline"
+    # the trial that was running when the controller died went stale and was retried, once
+    trials = optuna.load_study(study_name="killed", storage=storage).trials
+    stale = [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL and "autotune.result" not in t.user_attrs]
+    retried = [t.system_attrs.get("failed_trial") for t in trials if "failed_trial" in t.system_attrs]
+    assert stale and sorted(retried) == stale
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
+    env = subprocess_env(FAKE_TRIAL_SLEEP_S="0.3")
+    workers = [subprocess.Popen(search_cmd("pair", 8), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=240)
+        assert w.returncode == 0, err
+    storage = f"sqlite:///{tmp_path}/runs/pair/optuna.db"
+    records = load_records("pair", storage)
+    assert len(records) == 8 and [r.number for r in records if r.advisor_reason == "baseline"] == [0]
+
+
+def test_parallel_gpus_with_prescreening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two "GPUs" run trials side by side; configs predicted over budget never reach a GPU."""
+    monkeypatch.chdir(tmp_path)
+    launcher = Launcher(trial_command=FAKE_COMMAND, plan_command=FAKE_COMMAND, timeout_s=30)
+    outcome = run_search(_settings("gpus", 6, gpus=("0", "1"), launcher=launcher))
+    records = load_records("gpus")
+    assert len(records) == 6 and outcome.trials_run == 6
+    screened = [r for r in records if r.result.status == "prescreened"]
+    assert screened and all(not r.feasible and "exceeds" in r.result.message for r in screened)
+    for r in screened:   # planned only: no trial result was ever written for it
+        assert not (tmp_path / "runs" / "gpus" / "trials" / str(r.number) / "result.json").exists()
+    assert records[0].result.status == "prescreened"   # the AdamW baseline is predicted over budget
+
+
+def test_an_invalid_sampled_combination_is_infeasible_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    space_file = tmp_path / "zero.yaml"
+    space_file.write_text("base: {device: cpu}\n"
+                          "dimensions: {memory.zero_stage: [0, 1], memory.offload_optimizer: [false, true]}\n"
+                          "objectives: [{metric: reward, direction: maximize}, {metric: peak_reserved_gb, direction: minimize}]\n")
+    from autotune.tuner.space import load_space
+
+    settings = SearchSettings(study="zero", space=load_space(space_file), n_trials=4, sampler="random", seed=5,
+                              launcher=fake_launcher(), track=False, advisor=False)
+    # the sampler would hit the combination sooner or later; queue it so the test need not wait
+    study = optuna.create_study(study_name="zero", storage=open_storage(default_storage("zero")),
+                                directions=["maximize", "minimize"])
+    study.enqueue_trial({"memory.zero_stage": 0, "memory.offload_optimizer": True})
+    run_search(settings)
+    records = load_records("zero")
+    invalid = [r for r in records if r.result.message.startswith("invalid config")]
+    assert len(records) == 4 and invalid[0].number == 0
+    assert all(not r.feasible and "zero_stage >= 1" in r.result.message for r in invalid)

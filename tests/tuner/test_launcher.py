@@ -1,0 +1,75 @@
+"""The launcher: one subprocess per trial; OOM, crash and timeout come back as results, never raised."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from autotune.config import TrialConfig
+from autotune.memory.report import GiB
+from autotune.tuner.launcher import Launcher, prescreen, run_trial, trial_env
+from tests.tuner.tuner_helpers import FAKE_COMMAND, fake_launcher
+
+CFG = TrialConfig()
+
+
+def test_env_pins_one_gpu_and_this_trials_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
+    cfg = CFG.replace(**{"memory.allocator.expandable_segments": True})
+    env = trial_env(cfg, "3")
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    # the user's global setting must not leak into a trial that asks for PyTorch's defaults
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in trial_env(CFG, None)
+    assert trial_env(CFG, None)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_child_sees_the_environment(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os, sys, json\nout = sys.argv[sys.argv.index('--out') + 1]\n"
+                     "open(out + '.env', 'w').write(json.dumps({k: os.environ.get(k) for k in "
+                     "('CUDA_VISIBLE_DEVICES', 'PYTORCH_CUDA_ALLOC_CONF')}))\n")
+    cfg = CFG.replace(**{"memory.allocator.max_split_size_mb": 128})
+    launched = run_trial(cfg, tmp_path / "t", launcher=Launcher(trial_command=(sys.executable, str(probe))), gpu="1")
+    seen = json.loads((tmp_path / "t" / "result.json.env").read_text())
+    assert seen == {"CUDA_VISIBLE_DEVICES": "1", "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
+    assert launched.result.status == "error" and "no result file" in launched.result.message
+
+
+def test_ok_and_oom_results_are_read_back(tmp_path: Path) -> None:
+    ok = run_trial(CFG, tmp_path / "0", launcher=fake_launcher()).result
+    assert ok.status == "ok" and ok.reward is not None
+    assert TrialConfig.load(tmp_path / "0" / "trial.yaml") == CFG
+    oom = run_trial(CFG.replace(device_memory_gb=0.001), tmp_path / "1", launcher=fake_launcher()).result
+    assert oom.status == "oom" and oom.failed_phase is not None
+
+
+def test_crash_is_an_error_with_the_log_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "7:raise")
+    result = run_trial(CFG, tmp_path / "7", launcher=fake_launcher()).result
+    assert result.status == "error" and "crashed on purpose" in result.message
+
+
+def test_timeout_kills_the_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "4:sleep")
+    launched = run_trial(CFG, tmp_path / "4", launcher=fake_launcher(timeout_s=2.0))
+    assert launched.result.status == "timeout" and "2 s" in launched.result.message
+    assert launched.subprocess_s < 10
+
+
+def test_cancel_ends_the_running_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "5:sleep")
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    launched = run_trial(CFG, tmp_path / "5", launcher=fake_launcher(timeout_s=60), cancel=cancel)
+    assert launched.cancelled and launched.subprocess_s < 10
+
+
+def test_prescreen_rejects_a_predicted_overrun(tmp_path: Path) -> None:
+    # the fake trial doubles as a planner: its AdamW baseline peaks at 27.5 MiB
+    launcher = Launcher(plan_command=FAKE_COMMAND)
+    screened = prescreen(CFG, tmp_path / "p", launcher=launcher, budget_gb=20 * (1 << 20) / GiB)
+    assert screened is not None and screened.status == "prescreened" and "exceeds" in screened.message
+    assert prescreen(CFG, tmp_path / "q", launcher=launcher, budget_gb=1.0) is None
