@@ -49,3 +49,7 @@ class NoFeasibleTrialError(AutotuneError):
 
 class ExportError(AutotuneError):
     """A config cannot be exported to the requested format."""
+
+
+class TrackingError(AutotuneError):
+    """The MLflow tracking server or store cannot be used (raised by `sync` and `ui`, never mid-search)."""

@@ -1,4 +1,55 @@
-"""CLI commands: placeholder until its issue lands."""
+"""`autotune export`: carry a study's recommended config (or a config file) to another training stack."""
 from __future__ import annotations
 
-COMMANDS: list = []
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from autotune.export import FORMATS
+
+if TYPE_CHECKING:
+    from autotune.config import TrialConfig
+
+
+def _study_config(study: str, storage: str | None) -> TrialConfig:
+    """runs/<study>/recommended.yaml when no --storage is given and it exists, else recommend() afresh."""
+    from autotune.config import TrialConfig
+    from autotune.tuner.recommend import recommend
+    from autotune.tuner.study import load_records, study_dir
+
+    saved = study_dir(study) / "recommended.yaml"
+    if storage is None and saved.is_file():
+        return TrialConfig.load(saved)
+    return recommend(load_records(study, storage)).record.config
+
+
+@click.command()
+@click.option("--study", default=None, help="Export this study's recommended config.")
+@click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Export this TrialConfig YAML instead (e.g. runs/<study>/recommended.yaml).")
+@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS), help="Target stack.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to write the files into; default: print them.")
+def export(study: str | None, storage: str | None, config_path: Path | None, fmt: str, out: Path | None) -> None:
+    """Write the config in a target stack's own format; settings it cannot express become warnings."""
+    from autotune.config import TrialConfig
+    from autotune.export import export_config
+
+    if (study is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --study or --config")
+    cfg = TrialConfig.load(config_path) if config_path is not None else _study_config(study, storage)
+    output = export_config(cfg, fmt)
+    for warning in output.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    if out is not None:
+        paths = output.write(out)
+        click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}")
+        return
+    for name, text in output.files.items():
+        click.echo(f"# ---- {name}")
+        click.echo(text, nl=False)
+
+
+COMMANDS = [export]

@@ -1,0 +1,92 @@
+"""`autotune export` and `autotune sync` through the real entry point (message and exit code)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autotune.cli import main
+from autotune.config import TrialConfig
+from tests.export.study_factory import make_record, make_study, tiny_study
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)   # runs/<study>/ is relative to the working directory
+    return tmp_path
+
+
+def test_export_a_config_file_prints_files_and_warnings(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = TrialConfig().replace(**{"memory.zero_stage": 3, "memory.static_kv_cache": True})
+    cfg.dump(in_tmp / "c.yaml")
+    code, out, err = run_cli(["export", "--config", "c.yaml", "--format", "openrlhf"], capsys)
+    assert code == 0
+    assert "# ---- openrlhf.args" in out and "--ds.zero_stage 3" in out
+    assert "warning: memory.static_kv_cache=true" in err
+
+
+def test_export_recommended_trial_of_a_study_to_a_folder(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    records = tiny_study()
+    make_study("s", "sqlite:///runs/s/optuna.db", records)
+    code, out, _ = run_cli(["export", "--study", "s", "--format", "deepspeed", "--out", "exported"], capsys)
+    assert code == 0, out
+    data = json.loads((in_tmp / "exported" / "ds_config.json").read_text())
+    # max-reward picks trial 0 (reward 0.5, the best of the feasible ones), whose zero_stage is 0 % 3
+    assert data["zero_optimization"]["stage"] == records[0].config.memory.zero_stage
+
+
+def test_export_prefers_the_saved_recommendation(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    make_study("s", "sqlite:///runs/s/optuna.db", tiny_study())
+    TrialConfig().replace(**{"memory.zero_stage": 2}).dump(in_tmp / "runs" / "s" / "recommended.yaml")
+    code, out, _ = run_cli(["export", "--study", "s", "--format", "openrlhf"], capsys)
+    assert code == 0 and "--ds.zero_stage 2" in out
+
+
+def test_unknown_format_lists_valid_ones(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    TrialConfig().dump(in_tmp / "c.yaml")
+    code, _, err = run_cli(["export", "--config", "c.yaml", "--format", "megatron"], capsys)
+    assert code == 2
+    assert "megatron" in err and "'deepspeed-chat'" in err and "'verl'" in err
+
+
+def test_study_without_feasible_trial_says_so(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    failed = [make_record(0, reserved_gib=4.0, allocated_gib=4.0, reward=None, status="oom", feasible=False)]
+    make_study("bad", "sqlite:///runs/bad/optuna.db", failed)
+    code, _, err = run_cli(["export", "--study", "bad", "--format", "yaml"], capsys)
+    assert code == 1 and "no feasible" in err
+
+
+def test_missing_study_names_the_storage(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["export", "--study", "nope", "--format", "yaml"], capsys)
+    assert code == 1 and "sqlite:///runs/nope/optuna.db" in err
+    make_study("other", "sqlite:///shared.db", tiny_study()[:1])
+    code, _, err = run_cli(["export", "--study", "nope", "--storage", "sqlite:///shared.db", "--format", "yaml"],
+                           capsys)
+    assert code == 1 and "sqlite:///shared.db" in err
+
+
+def test_export_needs_exactly_one_source(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["export", "--format", "yaml"], capsys)
+    assert code == 2 and "exactly one of --study or --config" in err
+
+
+def test_sync_command_adds_then_adds_nothing(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("mlflow")
+    make_study("s", "sqlite:///runs/s/optuna.db", tiny_study())
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    code, out, err = run_cli(["sync", "--study", "s", "--tracking-uri", uri], capsys)
+    assert code == 0, err
+    assert "s: 5 of 5 trials added" in out
+    code, out, _ = run_cli(["sync", "--study", "s", "--tracking-uri", uri], capsys)
+    assert code == 0 and "s: 0 of 5 trials added" in out

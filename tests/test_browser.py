@@ -1,0 +1,132 @@
+"""The MLflow UI in headless Chromium: a study's child runs and the parent run's Pareto artifact."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from autotune.tracking import StudyTracker, experiment_url, ui_argv
+from tests.export.study_factory import tiny_study
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+DOCS_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "img" / "mlflow_pareto.png"
+STUDY = "demo"
+
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+
+
+class _Recommendation:
+    def __init__(self, record):
+        self.record, self.baseline, self.policy, self.reason = record, None, "max-reward", "best reward on the front"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow ui exited with status {proc.returncode}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"mlflow ui did not answer at {url} within {timeout_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def logged_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    root = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    records = tiny_study()
+    (root / "pareto.json").write_text(json.dumps({"recommended": 0, "front": [0, 1]}))
+    records[0].config.dump(root / "recommended.yaml")
+    tracker = StudyTracker(STUDY, "sqlite:///runs/demo/optuna.db", uri)
+    tracker.start_search({"trials": len(records), "sampler": "tpe"})
+    for record in records:
+        tracker.log_trial(record)
+    tracker.finish_search(records, _Recommendation(records[0]), root / "pareto.json", root / "recommended.yaml")
+    tracker.close()
+    return uri, tracker.experiment_id, root
+
+
+@pytest.fixture(scope="module")
+def ui_url(logged_study: tuple[str, str, Path]) -> Iterator[str]:
+    uri, _, root = logged_study
+    port = _free_port()
+    # Its own process group, so the UI's uvicorn and job-runner children stop with it.
+    proc = subprocess.Popen(ui_argv(uri, port=port), cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def page(ui_url: str) -> Iterator[object]:
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 900})
+        finally:
+            browser.close()
+
+
+def test_ui_shows_child_runs_and_the_pareto_artifact(page, ui_url: str, logged_study, tmp_path: Path) -> None:
+    uri, experiment_id, _ = logged_study
+    page.goto(experiment_url(uri, STUDY, ui_url))
+    page.get_by_role("button", name="Close").first.click(timeout=90_000)   # the Assistant side panel
+    parent_cell = page.locator('[col-id="attributes.`Run Name`"]', has_text=f"{STUDY}-search").first
+    parent_cell.wait_for(timeout=90_000)
+    parent_cell.locator("button").first.click()          # expand the nested child runs
+    for number in range(len(tiny_study())):
+        page.get_by_text(f"trial-{number}", exact=True).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "mlflow_runs.png"))
+
+    parent_href = parent_cell.locator("a").first.get_attribute("href")
+    page.goto(f"{ui_url}/{parent_href}/artifacts?workflowType=machine_learning")
+    page.get_by_text("pareto.png", exact=True).first.click(timeout=60_000)
+    image = page.locator('img[src^="blob:"]').first
+    image.wait_for(timeout=30_000)
+    page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=image.element_handle(), timeout=30_000)
+    assert image.evaluate("el => [el.naturalWidth, el.naturalHeight]") == [960, 660]   # our 8x5.5 in @ 120 dpi
+    shot = tmp_path / "mlflow_pareto.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("AUTOTUNE_UPDATE_DOCS_IMG"):
+        DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_IMAGE)
+
+    page.get_by_text("pareto.html", exact=True).first.click()
+    frame = page.frame_locator("iframe").first                # MLflow previews HTML in an iframe
+    frame.locator(".plotly-graph-div").first.wait_for(timeout=30_000)
+    assert f"/experiments/{experiment_id}/" in page.url

@@ -1,0 +1,243 @@
+"""StudyTracker against a real MLflow on the SQLite backend in a temporary folder."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from autotune.config import TrialConfig
+from autotune.errors import ConfigError
+from autotune.result import TrialRecord
+from autotune.tracking import (
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_RECOMMENDED,
+    TAG_STUDY,
+    TAG_TRIAL,
+    StudyTracker,
+    TrackingError,
+    artifact_location,
+    default_tracking_uri,
+    ui_argv,
+)
+
+from tests.export.study_factory import tiny_study
+
+mlflow = pytest.importorskip("mlflow")
+
+
+class _Recommendation:
+    def __init__(self, record: TrialRecord):
+        self.record, self.baseline, self.policy, self.reason = record, None, "max-reward", "best reward on the front"
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # One store per module: creating MLflow's tables takes seconds, each test uses its own study.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri: str, study: str) -> list:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(study)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _dead_uri() -> str:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def fast_http_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_default_tracking_uri_is_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri() == "sqlite:///runs/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert default_tracking_uri() == "http://mlflow.example:5000"
+    assert artifact_location("http://mlflow.example:5000", "s") is None
+    assert artifact_location("sqlite:////x/runs/mlflow.db", "s") == "file:///x/runs/mlartifacts/s"
+
+
+@dataclass(frozen=True)
+class LoggedSearch:
+    uri: str
+    parent: object
+    children: dict
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def logged_search(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> LoggedSearch:
+    """A whole search logged once: trial 0 has a trial folder, the others are rebuilt from records."""
+    folder = tmp_path_factory.mktemp("search")
+    records = tiny_study()
+    trial_dir = folder / "trials" / "0"
+    trial_dir.mkdir(parents=True)
+    records[0].config.dump(trial_dir / "trial.yaml")
+    records[0].result.save(trial_dir / "result.json")
+    (trial_dir / "timeline.png").write_bytes(b"\x89PNG\r\n\x1a\nstub")
+    (folder / "pareto.json").write_text(json.dumps({"front": [0, 1]}))
+    records[0].config.dump(folder / "recommended.yaml")
+
+    tracker = StudyTracker("study-a", "sqlite:///optuna.db", tracking_uri)
+    tracker.start_search({"trials": 5, "sampler": "tpe", "space": {"name": "ci-tiny"}})
+    for record in records:
+        tracker.log_trial(record, folder / "trials" / str(record.number))
+    tracker.finish_search(records, _Recommendation(records[0]), folder / "pareto.json", folder / "recommended.yaml")
+    tracker.close()
+    assert not tracker.down
+
+    runs = _runs(tracking_uri, "study-a")
+    parents = [r for r in runs if r.data.tags.get(TAG_KIND) == "search"]
+    assert len(parents) == 1
+    children = {int(r.data.tags[TAG_TRIAL]): r for r in runs if r.data.tags.get(TAG_KIND) == "trial"}
+    return LoggedSearch(uri=tracking_uri, parent=parents[0], children=children, folder=folder)
+
+
+def test_one_parent_run_with_settings_and_one_child_per_trial(logged_search: LoggedSearch) -> None:
+    parent, children = logged_search.parent, logged_search.children
+    assert sorted(children) == [0, 1, 2, 3, 4]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["trials"] == "5" and parent.data.params["space.name"] == "ci-tiny"
+    assert parent.data.tags[TAG_STUDY] == "study-a" and parent.data.tags["autotune.storage"] == "sqlite:///optuna.db"
+    assert all(r.data.tags[TAG_PARENT] == parent.info.run_id for r in children.values())
+
+
+def test_child_run_holds_config_metrics_curve_and_tags(logged_search: LoggedSearch) -> None:
+    best = logged_search.children[0].data
+    assert best.metrics["peak_reserved_gb"] == pytest.approx(2.0)
+    assert best.metrics["peak_allocated_gb"] == pytest.approx(1.5)
+    assert best.metrics["fragmentation"] == pytest.approx(0.25)    # 1 - 1.5/2
+    assert best.metrics["generation.peak_reserved_gb"] == pytest.approx(1.0)
+    assert best.metrics["actor_train.peak_reserved_gb"] == pytest.approx(2.0)
+    assert best.metrics["reward"] == pytest.approx(0.5) and best.metrics["step_time"] == pytest.approx(0.05)
+    assert best.params["memory.zero_stage"] == "0" and best.params["model.actor"] == "llama-tiny"
+    assert best.tags["status"] == "ok" and best.tags["advisor_reason"] == "baseline"
+    curve = _client(logged_search.uri).get_metric_history(logged_search.children[0].info.run_id, "reward_curve")
+    assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [(0, 0.0), (1, 0.25), (2, 0.5)]
+
+
+def test_failed_and_prescreened_trials_are_logged_with_their_status(logged_search: LoggedSearch) -> None:
+    oom, screened = logged_search.children[3], logged_search.children[4]
+    assert oom.data.tags["status"] == "oom" and oom.info.status == "FAILED"
+    assert oom.data.tags["message"] == "oom in actor_train" and "reward" not in oom.data.metrics
+    assert screened.data.tags["status"] == "prescreened" and screened.info.status == "KILLED"
+
+
+def test_trial_artifacts_come_from_the_folder_or_the_record(logged_search: LoggedSearch) -> None:
+    client = _client(logged_search.uri)
+    names = lambda run: {f.path for f in client.list_artifacts(run.info.run_id)}  # noqa: E731
+    assert names(logged_search.children[0]) == {"trial.yaml", "result.json", "timeline.png"}
+    assert names(logged_search.children[2]) == {"trial.yaml", "result.json"}   # rebuilt from the record
+    local = client.download_artifacts(logged_search.children[2].info.run_id, "trial.yaml",
+                                      str(logged_search.folder / "dl2"))
+    assert TrialConfig.load(local) == tiny_study()[2].config
+
+
+def test_parent_holds_pareto_figures_and_recommended_run_is_tagged(logged_search: LoggedSearch) -> None:
+    parent, children = logged_search.parent, logged_search.children
+    client = _client(logged_search.uri)
+    assert {f.path for f in client.list_artifacts(parent.info.run_id)} == {
+        "pareto.html", "pareto.png", "pareto.json", "recommended.yaml"}
+    assert children[0].data.tags[TAG_RECOMMENDED] == "true"
+    assert all(TAG_RECOMMENDED not in children[n].data.tags for n in (1, 2, 3, 4))
+    assert parent.data.tags["recommended_trial"] == "0"
+    download = str(logged_search.folder / "dl")
+    width, height = _png_size(Path(client.download_artifacts(parent.info.run_id, "pareto.png", download)))
+    assert (width, height) == (960, 660)
+    html = Path(client.download_artifacts(parent.info.run_id, "pareto.html", download)).read_text()
+    assert "plotly" in html[:200_000].lower() and "trial 0 (ok)" in html
+
+
+def test_a_new_recommendation_moves_the_tag(tracking_uri: str) -> None:
+    records = tiny_study()[:3]
+    tracker = StudyTracker("study-b", "sqlite:///optuna.db", tracking_uri)
+    tracker.start_search({})
+    for record in records:
+        tracker.log_trial(record)
+    tracker.finish_search(records, _Recommendation(records[0]), None, None)
+    later = StudyTracker("study-b", "sqlite:///optuna.db", tracking_uri)   # as `autotune pareto --log` does
+    later.finish_search(records, _Recommendation(records[1]), None, None)
+    tags = {int(r.data.tags[TAG_TRIAL]): r.data.tags.get(TAG_RECOMMENDED)
+            for r in _runs(tracking_uri, "study-b") if r.data.tags.get(TAG_KIND) == "trial"}
+    assert tags == {0: "false", 1: "true", 2: None}
+
+
+def test_outage_warns_once_then_sync_adds_missing_runs_without_duplicates(
+        tracking_uri: str, fast_http_failures: None, caplog: pytest.LogCaptureFixture) -> None:
+    records = tiny_study()
+    live = StudyTracker("study-c", "sqlite:///optuna.db", tracking_uri)
+    live.start_search({"trials": 5})
+    live.log_trial(records[0])          # the server was up for the first trial only
+    live.close()
+
+    dead = StudyTracker("study-c", "sqlite:///optuna.db", _dead_uri())
+    with caplog.at_level(logging.WARNING, logger="autotune.tracking"):
+        dead.start_search({"trials": 5})
+        for record in records[1:]:
+            dead.log_trial(record)
+        dead.finish_search(records, _Recommendation(records[0]), None, None)
+        dead.close()
+    assert dead.down
+    warnings = [r for r in caplog.records if r.name == "autotune.tracking" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "autotune sync --study study-c" in warnings[0].getMessage()
+
+    syncer = StudyTracker("study-c", "sqlite:///optuna.db", tracking_uri)
+    assert syncer.sync(records, None) == 4
+    assert StudyTracker("study-c", "sqlite:///optuna.db", tracking_uri).sync(records, None) == 0
+    runs = _runs(tracking_uri, "study-c")
+    numbers = sorted(int(r.data.tags[TAG_TRIAL]) for r in runs if r.data.tags.get(TAG_KIND) == "trial")
+    assert numbers == [0, 1, 2, 3, 4]
+    parents = [r for r in runs if r.data.tags.get(TAG_KIND) == "search"]
+    assert len(parents) == 1   # sync files the missing trials under the search's own parent run
+    assert all(r.data.tags[TAG_PARENT] == parents[0].info.run_id for r in runs if r not in parents)
+
+
+def test_sync_into_an_empty_store_creates_a_parent(tracking_uri: str) -> None:
+    records = tiny_study()[:2]
+    assert StudyTracker("study-d", "postgresql://db/optuna", tracking_uri).sync(records, None) == 2
+    runs = _runs(tracking_uri, "study-d")
+    assert sum(r.data.tags.get(TAG_KIND) == "search" for r in runs) == 1
+    assert sum(r.data.tags.get(TAG_KIND) == "trial" for r in runs) == 2
+
+
+def test_sync_against_a_dead_server_raises_tracking_error(fast_http_failures: None) -> None:
+    uri = _dead_uri()
+    with pytest.raises(TrackingError, match=uri):
+        StudyTracker("study-e", "sqlite:///optuna.db", uri).sync(tiny_study(), None)
+
+
+def test_ui_binds_loopback_and_refuses_a_server_or_missing_store(tracking_uri: str, tmp_path: Path) -> None:
+    StudyTracker("study-ui", "sqlite:///optuna.db", tracking_uri).experiment_id   # the store exists now
+    argv = ui_argv(tracking_uri, port=5123)
+    assert argv[1:4] == ["-m", "mlflow", "ui"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5123"
+    assert argv[argv.index("--backend-store-uri") + 1] == tracking_uri
+    with pytest.raises(ConfigError, match="already an MLflow server"):
+        ui_argv("http://mlflow.example:5000")
+    with pytest.raises(ConfigError, match="autotune search"):
+        ui_argv(f"sqlite:///{tmp_path / 'none.db'}")
