@@ -26,6 +26,14 @@ def test_env_pins_one_gpu_and_this_trials_allocator(monkeypatch: pytest.MonkeyPa
     assert trial_env(CFG, None)["CUDA_VISIBLE_DEVICES"] == ""
 
 
+def test_cpu_trials_run_single_threaded_unless_the_user_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert trial_env(CFG, None)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in trial_env(CFG.replace(device="cuda"), "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert trial_env(CFG, None)["OMP_NUM_THREADS"] == "4"
+
+
 def test_child_sees_the_environment(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import os, sys, json\nout = sys.argv[sys.argv.index('--out') + 1]\n"
