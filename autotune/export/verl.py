@@ -49,9 +49,9 @@ def to_verl(cfg: TrialConfig) -> ExportOutput:
     if "actor" in frugal_models(cfg):
         warnings.append("FRUGAL in verl: verl hands the optimizer model.parameters(), and FRUGAL without "
                         "partition groups keeps state for everything (AdamW); make verl's optimizer builder pass "
-                        "autotune.optim.partition(model, spec) instead (docs/EXPORT.md)")
+                        "autotune.optim.partition(model, spec) instead (README section Export)")
     if "critic" in frugal_models(cfg):
-        warnings.append("optimizer.critic=frugal: set critic.optim the same way as the actor's (docs/EXPORT.md)")
+        warnings.append("optimizer.critic=frugal: set critic.optim the same way as the actor's (README section Export)")
     expressed = {"zero_stage", "offload_optimizer", "actor_gradient_checkpointing",
                  "critic_gradient_checkpointing", "offload_reference", "offload_reward", "frugal"}
     warnings += sharding_warnings(cfg, "verl's FSDP", shards=True)

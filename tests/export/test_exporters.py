@@ -253,7 +253,7 @@ def test_exported_partition_rebuilds_the_same_groups_in_a_training_script(tmp_pa
     export_config(cfg, "deepspeed").write(tmp_path)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, vocab_size=64))
-    spec = schema.load_yaml(PartitionSpec, tmp_path / PARTITION_FILE)   # what docs/EXPORT.md does
+    spec = schema.load_yaml(PartitionSpec, tmp_path / PARTITION_FILE)   # what the README's Export snippet does
     rebuilt = optim.partition(model, spec)
     direct = optim.partition(model, cfg.optimizer.partition)
     as_ids = lambda groups: [({k: v for k, v in g.items() if k != "params"}, [id(p) for p in g["params"]])  # noqa: E731
