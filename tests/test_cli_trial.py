@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
@@ -16,14 +15,6 @@ from autotune.result import TrialResult
 
 SMALL = {"workload": {"batch_size": 4, "prompt_len": 4, "gen_len": 8, "steps": 2, "micro_batch": 4}}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # a tiny model gains nothing from threads; on a shared 2-core box OpenMP spinning costs 10x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_config(tmp_path, data: dict) -> str:

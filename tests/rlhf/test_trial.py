@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from autotune.config import PHASES, TrialConfig
 from autotune.result import TrialResult
@@ -17,15 +16,6 @@ from autotune.rlhf.zero import deepspeed_config
 SMALL = {"workload.batch_size": 4, "workload.prompt_len": 4, "workload.gen_len": 8, "workload.steps": 2,
          "workload.group_size": 2, "workload.micro_batch": 4}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core box OpenMP spinning makes a
-    # step ten times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small(**overrides: object) -> TrialConfig:
