@@ -46,6 +46,13 @@ def test_bad_space_and_missing_study_are_one_line_errors(tmp_path: Path) -> None
     assert not (tmp_path / "runs" / "nope").exists()
 
 
+def test_unknown_model_fails_before_any_study_exists(tmp_path: Path) -> None:
+    out = _run([*AUTOTUNE, "search", "--model", "llama-7q", "--space", str(CI_TINY), "--no-tracking"], tmp_path)
+    assert out.returncode == 1 and "unknown model 'llama-7q'" in out.stderr and "llama-tiny" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
     proc = subprocess.Popen(search_cmd("intr", 5), cwd=tmp_path, env=subprocess_env(FAKE_TRIAL_SLEEP_S="1.0"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

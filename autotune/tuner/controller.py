@@ -90,10 +90,21 @@ def with_budget(space: SearchSpace, budget_gb: float | None) -> SearchSpace:
     return space.rebase({"device_memory_gb": budget_gb})
 
 
+def _check_models(base: TrialConfig) -> None:
+    """Fail before any study or trial exists when a model is neither a preset nor a local folder;
+    otherwise every trial would start, fail the same way, and leave an empty study behind."""
+    from autotune.rlhf.models import resolve_model  # imports transformers: once per search, not per trial
+
+    for name in dict.fromkeys((base.model.actor, base.model.critic_name, base.model.reference_name,
+                               base.model.reward_name)):
+        resolve_model(name)
+
+
 class Controller:
     """Runs one search invocation against a (possibly shared) study. Use `run()` once."""
 
     def __init__(self, settings: SearchSettings, *, on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None):
+        _check_models(settings.space.base)
         self.settings = settings
         self.budget_gb = settings.budget_gb if settings.budget_gb is not None else settings.space.budget_gb
         self.space = with_budget(settings.space, self.budget_gb)
