@@ -126,6 +126,13 @@ class PartitionSpec:
             yield "state_free_lr_scale", f"must be non-negative, got {self.state_free_lr_scale}"
         if self.layers is not None and any(i < 0 for i in self.layers):
             yield "layers", f"layer indices must be non-negative, got {list(self.layers)}"
+        if self.mode == "column" and (self.layers is not None or self.placement != "rotate"):
+            yield "mode", "'column' splits every eligible weight by columns; it needs placement 'rotate' and no layers"
+
+    @property
+    def rotates(self) -> bool:
+        """The optimizer, not the spec, picks the state-full blocks (the paper's block variant)."""
+        return self.layers is None and self.placement == "rotate"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,6 +286,10 @@ class TrialConfig:
             yield "memory.empty_cache_after", "lists critic_train, but GRPO has no critic"
         if self.memory.offload_optimizer and self.memory.zero_stage == 0:
             yield "memory.offload_optimizer", "needs memory.zero_stage >= 1 (ZeRO-Offload)"
+        uses_frugal = self.optimizer.name == "frugal" or (self.algorithm == "ppo" and self.optimizer.critic == "frugal")
+        if uses_frugal and self.optimizer.partition.rotates and self.memory.zero_stage > 0:
+            yield ("optimizer.partition.placement", "'rotate' cannot work under ZeRO (memory.zero_stage > 0 flattens "
+                   "parameter groups); choose top, bottom, spread or explicit layers")
 
     # -- I/O -----------------------------------------------------------------------------------
     @classmethod

@@ -37,6 +37,11 @@ def test_cross_field_rules():
         TrialConfig().replace(**{"memory.offload_optimizer": True})
 
 
+def test_column_mode_needs_a_rotating_partition():
+    with pytest.raises(ConfigError, match="optimizer.partition.mode 'column' .* needs placement 'rotate'"):
+        TrialConfig().replace(**{"optimizer.partition.mode": "column", "optimizer.partition.placement": "top"})
+
+
 def test_replace_rejects_unknown_paths():
     with pytest.raises(ConfigError, match="memory.nope: unknown key path"):
         TrialConfig().replace(**{"memory.nope": 1})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from autotune.config import TrialConfig
-from autotune.export.features import frugal_models, partition_files, sharding_warnings, unexpressed
+from autotune.export.features import frugal_models, partition_files, unexpressed
 from autotune.export.output import ExportOutput
 
 _PRECISION_KEY = {"bfloat16": "bf16", "float16": "fp16"}
@@ -79,9 +79,7 @@ def to_deepspeed(cfg: TrialConfig) -> ExportOutput:
         files["ds_config_reference.json"] = _dump(reference_ds_config(cfg))
         expressed.add("offload_reference")
     files.update(partition_files(cfg))
-    warnings = sharding_warnings(cfg, "DeepSpeed ZeRO", shards=cfg.memory.zero_stage > 0)
-    warnings += unexpressed(cfg, "DeepSpeed JSON", expressed)
-    return ExportOutput(files=files, warnings=tuple(warnings))
+    return ExportOutput(files=files, warnings=tuple(unexpressed(cfg, "DeepSpeed JSON", expressed)))
 
 
 def _dump(config: dict) -> str:

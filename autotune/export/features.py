@@ -100,15 +100,14 @@ def partition_files(cfg: TrialConfig) -> dict[str, str]:
     return {PARTITION_FILE: header + body}
 
 
-def sharding_warnings(cfg: TrialConfig, stack: str, *, shards: bool) -> list[str]:
-    """A warning when a rotating FRUGAL partition meets a stack that flattens parameters.
+def fsdp_rotation_warnings(cfg: TrialConfig) -> list[str]:
+    """A warning when a rotating FRUGAL partition goes to a stack that always shards with FSDP.
 
-    FRUGAL's `rotate` groups need one tensor per block; ZeRO and FSDP replace a group's tensors by
-    one flat buffer, so there only a fixed partition (explicit `layers`, or top/bottom/spread) works.
+    FRUGAL's `rotate` groups need one tensor per block; FSDP replaces a group's tensors by one flat
+    buffer, so there only a fixed partition (explicit `layers`, or top/bottom/spread) works. Under
+    ZeRO the same combination is already an invalid TrialConfig, so only FSDP stacks need this.
     """
-    spec = cfg.optimizer.partition
-    rotating = spec.layers is None and spec.placement == "rotate"
-    if not (shards and rotating and frugal_models(cfg)):
+    if not (cfg.optimizer.partition.rotates and frugal_models(cfg)):
         return []
-    return [f"optimizer.partition.placement=rotate: {stack} flattens parameters, which a rotating FRUGAL "
+    return ["optimizer.partition.placement=rotate: FSDP flattens parameters, which a rotating FRUGAL "
             "partition cannot use; pick explicit layers or placement top/bottom/spread for this stack"]

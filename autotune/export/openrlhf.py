@@ -6,7 +6,7 @@ setting becomes a warning.
 from __future__ import annotations
 
 from autotune.config import TrialConfig
-from autotune.export.features import partition_files, sharding_warnings, unexpressed
+from autotune.export.features import partition_files, unexpressed
 from autotune.export.output import ExportOutput
 
 ARGS_FILE = "openrlhf.args"
@@ -33,6 +33,4 @@ def to_openrlhf(cfg: TrialConfig) -> ExportOutput:
     files.update(partition_files(cfg))
     expressed = {"zero_stage", "offload_optimizer", "actor_gradient_checkpointing", "offload_reference",
                  "offload_reward"}
-    warnings = sharding_warnings(cfg, "DeepSpeed ZeRO", shards=cfg.memory.zero_stage > 0)
-    warnings += unexpressed(cfg, "OpenRLHF 0.11", expressed)
-    return ExportOutput(files=files, warnings=tuple(warnings))
+    return ExportOutput(files=files, warnings=tuple(unexpressed(cfg, "OpenRLHF 0.11", expressed)))

@@ -7,7 +7,7 @@ import yaml
 
 from autotune.config import TrialConfig
 from autotune.export.deepspeed import ds_config
-from autotune.export.features import partition_files, sharding_warnings, unexpressed
+from autotune.export.features import partition_files, unexpressed
 from autotune.export.output import ExportOutput
 
 DS_FILE = "ds_config.json"
@@ -79,6 +79,5 @@ def to_trl(cfg: TrialConfig) -> ExportOutput:
                         "once per step (torch_empty_cache_steps=1), not at each phase edge")
     expressed = {"zero_stage", "offload_optimizer", "actor_gradient_checkpointing", "empty_cache_after",
                  "static_kv_cache"}
-    warnings += sharding_warnings(cfg, "DeepSpeed ZeRO", shards=cfg.memory.zero_stage > 0)
     warnings += unexpressed(cfg, "TRL", expressed)
     return ExportOutput(files=files, warnings=tuple(warnings))

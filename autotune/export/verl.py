@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from autotune.config import TrialConfig
-from autotune.export.features import frugal_models, partition_files, sharding_warnings, unexpressed
+from autotune.export.features import frugal_models, fsdp_rotation_warnings, partition_files, unexpressed
 from autotune.export.output import ExportOutput
 
 OVERRIDES_FILE = "verl_overrides.txt"
@@ -54,7 +54,7 @@ def to_verl(cfg: TrialConfig) -> ExportOutput:
         warnings.append("optimizer.critic=frugal: set critic.optim the same way as the actor's (README section Export)")
     expressed = {"zero_stage", "offload_optimizer", "actor_gradient_checkpointing",
                  "critic_gradient_checkpointing", "offload_reference", "offload_reward", "frugal"}
-    warnings += sharding_warnings(cfg, "verl's FSDP", shards=True)
+    warnings += fsdp_rotation_warnings(cfg)
     warnings += unexpressed(cfg, "verl", expressed)
     return ExportOutput(files=files, warnings=tuple(warnings))
 

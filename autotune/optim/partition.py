@@ -83,13 +83,11 @@ def partition(model: nn.Module, spec: PartitionSpec) -> list[dict[str, Any]]:
         ConfigError: (a ValueError) for an invalid spec or a model without a block list.
     """
     problems = schema.validate(spec)
-    if spec.mode == "column" and (spec.layers is not None or spec.placement != "rotate"):
-        problems.append("mode: 'column' splits every eligible weight by columns; it needs placement 'rotate' and no layers")
     if problems:
         raise ConfigError(problems, source="partition")
     blocks = find_blocks(model)
     per_layer = [linear_weights(block) for block in blocks]
-    rotating = spec.layers is None and spec.placement == "rotate"
+    rotating = spec.rotates
     chosen = set() if rotating else set(choose_layers(len(blocks), spec))
     eligible = {id(p): i for i, weights in enumerate(per_layer) for p in weights}
     flags = _non_eligible_statefull(model, spec)

@@ -86,6 +86,8 @@ def _less_state(cfg: TrialConfig, owner: str) -> tuple[dict[str, object], str] |
         overrides: dict[str, object] = {f"optimizer.{owner}": "frugal"}
         if cfg.optimizer.name == "adamw":   # the partition is unused so far: start at the paper's 0.25
             overrides.update({"optimizer.partition.layers": None, "optimizer.partition.density": 0.25})
+        if cfg.memory.zero_stage > 0 and cfg.optimizer.partition.rotates:
+            overrides["optimizer.partition.placement"] = "spread"   # ZeRO flattens groups: no rotation
         return overrides, f"FRUGAL with density {overrides.get('optimizer.partition.density', density):g} instead of AdamW"
     if cfg.optimizer.partition.layers is None and density > 0:
         lower = 0.0 if density / 2 < _MIN_DENSITY else round(density / 2, 4)

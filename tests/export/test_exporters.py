@@ -32,6 +32,7 @@ GOLDEN_CONFIG = TrialConfig().replace(**{
     "memory.allocator.expandable_segments": True,
     "memory.allocator.max_split_size_mb": 256,
     "optimizer.name": "frugal",
+    "optimizer.partition.placement": "spread",   # ZeRO flattens groups, so a rotating partition is invalid
     "optimizer.partition.density": 0.5,
 })
 
@@ -210,14 +211,13 @@ def test_verl_overrides_are_known_keys_with_hydra_booleans() -> None:
     assert pairs["algorithm.adv_estimator"] == "gae"
 
 
-@pytest.mark.parametrize("fmt", ["deepspeed", "trl", "openrlhf"])
-def test_rotating_frugal_under_zero_is_a_warning(fmt: str) -> None:
-    frugal = {"optimizer.name": "frugal", "memory.zero_stage": 2}
-    rotating = export_config(TrialConfig().replace(**frugal), fmt).warnings
-    fixed = export_config(TrialConfig().replace(**frugal, **{"optimizer.partition.placement": "top"}), fmt).warnings
-    unsharded = export_config(TrialConfig().replace(**{"optimizer.name": "frugal"}), fmt).warnings
-    assert any("flattens parameters" in w for w in rotating)
-    assert not any("flattens parameters" in w for w in fixed + unsharded)
+def test_rotating_frugal_is_a_warning_for_fsdp_stacks_only() -> None:
+    rotating = TrialConfig().replace(**{"optimizer.name": "frugal"})
+    fixed = rotating.replace(**{"optimizer.partition.placement": "top"})
+    assert any("FSDP flattens parameters" in w for w in export_config(rotating, "verl").warnings)
+    assert not any("flattens parameters" in w for w in export_config(fixed, "verl").warnings)
+    for fmt in ("deepspeed", "trl", "openrlhf"):   # stage 0 keeps tensors whole; rotate + ZeRO is an invalid config
+        assert not any("flattens parameters" in w for w in export_config(rotating, fmt).warnings)
 
 
 def test_zero3_is_a_warning_where_a_stack_lacks_stages() -> None:

@@ -56,9 +56,14 @@ def test_optimizer_dominated_actor_train_lowers_state_step_by_step() -> None:
     assert (cfg.optimizer.name, cfg.optimizer.partition.density) == ("frugal", 0.25)
     second = advisor.shrink_optimizer_state(_record(peaks, feasible=False, cfg=cfg))
     assert second is not None and second.apply(cfg).optimizer.partition.density == 0.125
-    zero = cfg.replace(**{"optimizer.partition.density": 0.0, "memory.zero_stage": 2})
+    zero = cfg.replace(**{"optimizer.partition.density": 0.0, "optimizer.partition.placement": "spread",
+                          "memory.zero_stage": 2})
     third = advisor.shrink_optimizer_state(_record(peaks, feasible=False, cfg=zero))
     assert third is not None and third.apply(zero).memory.offload_optimizer
+    # under ZeRO the move to FRUGAL takes a static partition, since ZeRO flattens rotating groups
+    adamw_zero = _record(peaks, feasible=False, cfg=TrialConfig().replace(**{"memory.zero_stage": 2}))
+    to_frugal = advisor.shrink_optimizer_state(adamw_zero)
+    assert to_frugal is not None and to_frugal.apply(adamw_zero.config).optimizer.partition.placement == "spread"
     # a comfortable trial, or one whose peak is elsewhere, is left alone
     assert advisor.shrink_optimizer_state(_record(peaks)) is None
     assert advisor.shrink_optimizer_state(_record({**CALM, "experience": (400, 420)}, feasible=False)) is None
