@@ -17,7 +17,7 @@ def draw_columns(param: Tensor, density: float, generator: torch.Generator) -> T
     """Sorted int64 indices of round(columns * density) columns of `param`, drawn without replacement."""
     n_cols = param.shape[-1]
     chosen = torch.randperm(n_cols, generator=generator)[: active_count(n_cols, density)]
-    return chosen.sort().values
+    return chosen.sort().values.to(param.device)  # drawn on the CPU generator, used with the weight
 
 
 def column_step(

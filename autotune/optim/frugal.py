@@ -245,11 +245,16 @@ class FRUGAL(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's optimizer state dict plus a `frugal` entry; tensors and plain values only."""
         state = super().state_dict()
+        # Column indices travel outside torch's per-parameter state: its loader casts every state
+        # tensor to the parameter's dtype, and bf16/fp16 cannot hold indices above 256 exactly.
+        columns = {pid: s["columns"] for pid, s in state["state"].items() if "columns" in s}
+        state["state"] = {pid: {k: v for k, v in s.items() if k != "columns"} for pid, s in state["state"].items()}
         state["frugal"] = {
             "step": self._step,
             "mode": self.mode,
             "schedule": self._schedule.state_dict(),
             "column_rng_state": self._column_generator.get_state(),
+            "columns": columns,
         }
         return state
 
@@ -267,9 +272,8 @@ class FRUGAL(torch.optim.Optimizer):
             raise ValueError(f"state saved in mode {extra['mode']!r}, this optimizer runs mode {self.mode!r}")
         super().load_state_dict(state_dict)
         self._schedule.load_state_dict(extra["schedule"])
-        for state in self.state.values():
-            if "columns" in state:
-                # torch's loader casts every non-step tensor to the parameter's dtype; indices must stay int64
-                state["columns"] = state["columns"].long()
+        params = [p for group in self.param_groups for p in group["params"]]  # torch's state-dict ids
+        for pid, columns in extra.get("columns", {}).items():
+            self.state[params[int(pid)]]["columns"] = columns.to(params[int(pid)].device)
         self._step = int(extra["step"])
         self._column_generator.set_state(extra["column_rng_state"])

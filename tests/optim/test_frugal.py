@@ -192,6 +192,20 @@ def test_resume_is_bit_identical(tmp_path, tiny_llama, token_batches, options):
     assert resumed_optimizer.active_blocks() == straight_optimizer.active_blocks()
 
 
+def test_column_indices_survive_a_low_precision_resume(tmp_path):
+    # bf16 holds integers exactly only up to 256: indices must not pass through the parameter's dtype
+    weight = nn.Parameter(torch.zeros(4, 1000, dtype=torch.bfloat16))
+    make = lambda: FRUGAL([{"params": [weight], "rotate": True}], lr=LR, density=0.5, mode="column")  # noqa: E731
+    optimizer = make()
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()
+    drawn = optimizer.state[weight]["columns"].clone()
+    torch.save(optimizer.state_dict(), tmp_path / "opt.pt")
+    resumed = make()
+    resumed.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    assert torch.equal(resumed.state[weight]["columns"], drawn) and drawn.dtype == torch.int64
+
+
 def test_loading_a_state_without_frugal_entry_fails():
     params = [nn.Parameter(torch.zeros(2))]
     adamw_state = torch.optim.AdamW(params, lr=LR).state_dict()
