@@ -46,6 +46,14 @@ def test_bad_space_and_missing_study_are_one_line_errors(tmp_path: Path) -> None
     assert not (tmp_path / "runs" / "nope").exists()
 
 
+def test_a_budget_constraint_without_a_budget_fails_before_any_trial(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(CI_TINY.read_text().replace("budget_gb: 0.035\n", ""))
+    out = _run([*AUTOTUNE, "search", "--model", "llama-tiny", "--space", str(space), "--no-tracking"], tmp_path)
+    assert out.returncode == 1 and "needs a budget: pass --budget-gb" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+
+
 def test_unknown_model_fails_before_any_study_exists(tmp_path: Path) -> None:
     out = _run([*AUTOTUNE, "search", "--model", "llama-7q", "--space", str(CI_TINY), "--no-tracking"], tmp_path)
     assert out.returncode == 1 and "unknown model 'llama-7q'" in out.stderr and "llama-tiny" in out.stderr

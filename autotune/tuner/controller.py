@@ -107,6 +107,8 @@ class Controller:
         _check_models(settings.space.base)
         self.settings = settings
         self.budget_gb = settings.budget_gb if settings.budget_gb is not None else settings.space.budget_gb
+        for constraint in settings.space.constraints:   # a missing budget must fail now, not after a trial ran
+            constraint.limit(self.budget_gb)
         self.space = with_budget(settings.space, self.budget_gb)
         self.storage_url = settings.storage or studies.default_storage(settings.study)
         self.storage = studies.open_storage(self.storage_url, heartbeat_interval_s=settings.heartbeat_interval_s,
