@@ -237,11 +237,19 @@ class ValueModel(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recomputes the backbone's layer activations in backward instead of keeping them."""
-        # transformers 5 renamed the method and deprecated the old name; older releases only have the old one.
-        enable = getattr(self.backbone, "activation_checkpointing_enable", None)
-        if enable is None:
-            enable = self.backbone.gradient_checkpointing_enable
-        enable()
+        enable_checkpointing(self.backbone)
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing on a transformers model, non-reentrant (it needs no input gradients).
+
+    One helper for actor and critic, so both are measured under the same checkpointing mechanism.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed the method
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_value_model(

@@ -103,7 +103,7 @@ class RLHFWorkload:
         self.sample_generator = torch.Generator(device=self.device).manual_seed(w.seed + 1)
 
     def _setup_models(self) -> None:
-        from autotune.rlhf.models import build_policy, build_value_model
+        from autotune.rlhf.models import build_policy, build_value_model, enable_checkpointing
 
         names, mem, seed = self.cfg.model, self.cfg.memory, self.cfg.workload.seed
         opts = {"dtype": getattr(torch, names.dtype), "seed": seed, "weights": not self.fake}
@@ -255,15 +255,6 @@ class RLHFWorkload:
             yield
         finally:
             self.probe.to_host(model)
-
-
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Activation checkpointing on a transformers model, non-reentrant (it needs no input gradients)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed the method
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def response_logprobs(model: torch.nn.Module, sequences: torch.Tensor, gen_len: int) -> torch.Tensor:
