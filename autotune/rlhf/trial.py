@@ -40,13 +40,9 @@ def apply_allocator_env(cfg: TrialConfig) -> None:
     first; a value already set (by the launcher or the user) is kept.
     """
     wanted = cfg.memory.allocator.to_env_string()
-    current = os.environ.get(ALLOC_CONF_ENV)
-    if cfg.device != "cuda" or not wanted:
-        return
-    if current is None:
-        os.environ[ALLOC_CONF_ENV] = wanted
-    elif current != wanted:
-        log.warning("%s=%r is already set and wins over the config's %r", ALLOC_CONF_ENV, current, wanted)
+    if cfg.device == "cuda" and wanted:
+        # a different value already set is reported once, by the CUDA probe, which sees what CUDA uses
+        os.environ.setdefault(ALLOC_CONF_ENV, wanted)
 
 
 def plan_trial(cfg: TrialConfig, *, timeline: Path | None = None) -> TrialResult:

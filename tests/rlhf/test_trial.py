@@ -10,7 +10,7 @@ import pytest
 
 from autotune.config import PHASES, TrialConfig
 from autotune.result import TrialResult
-from autotune.rlhf.trial import final_reward, plan_trial, run_trial, step_time, write_result
+from autotune.rlhf.trial import apply_allocator_env, final_reward, plan_trial, run_trial, step_time, write_result
 from autotune.rlhf.zero import deepspeed_config
 
 SMALL = {"workload.batch_size": 4, "workload.prompt_len": 4, "workload.gen_len": 8, "workload.steps": 2,
@@ -203,3 +203,15 @@ def test_deepspeed_config_follows_the_memory_policy():
     assert ds["train_micro_batch_size_per_gpu"] == 4
     plain = deepspeed_config(small(**{"memory.zero_stage": 1}), micro_batch=4, hidden_size=128)
     assert "offload_optimizer" not in plain["zero_optimization"]
+
+
+def test_allocator_env_is_set_for_cuda_trials_and_never_overrides_the_callers(monkeypatch):
+    cfg = TrialConfig().replace(device="cuda", **{"memory.allocator.expandable_segments": True})
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    apply_allocator_env(cfg.replace(device="cpu"))
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    apply_allocator_env(cfg)
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")   # the launcher's or the user's
+    apply_allocator_env(cfg)
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64"
