@@ -10,13 +10,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, get_args
 
 from autotune import schema
 from autotune.errors import ConfigError
 
 Phase = Literal["generation", "experience", "actor_train", "critic_train"]
-PHASES: tuple[str, ...] = ("generation", "experience", "actor_train", "critic_train")
+PHASES: tuple[str, ...] = get_args(Phase)
 Problems = Iterator[tuple[str, str]]
 
 _MiB = 1 << 20

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from autotune.errors import ConfigError
+from autotune.tuner.recommend import POLICIES
+from autotune.tuner.study import SAMPLERS
 
 _DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
@@ -46,9 +48,9 @@ def _quiet_optuna() -> None:
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
 @click.option("--gpus", default=None, help="GPU indices for parallel trials, e.g. 0,1,2,3; default: the CPU.")
-@click.option("--sampler", type=click.Choice(["tpe", "nsga2", "gp", "random"]), default="tpe", show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
 @click.option("--seed", type=int, default=None, help="Sampler seed.")
-@click.option("--policy", type=click.Choice(["max-reward", "min-memory"]), default="max-reward", show_default=True)
+@click.option("--policy", type=click.Choice(POLICIES), default="max-reward", show_default=True)
 @click.option("--min-reward-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.98, show_default=True)
 @click.option("--prescreen/--no-prescreen", default=True, show_default=True,
               help="Predict each GPU trial's peak with `autotune plan` and skip configs over the budget.")
