@@ -16,9 +16,12 @@ Status = Literal["ok", "oom", "error", "timeout", "prescreened"]
 class TrialResult:
     """The outcome of one trial.
 
-    `reward` is the mean task reward over the last quarter of the RLHF steps; `step_time_s` the
-    median seconds per iteration after the first. Both are None where they do not exist (a `fake`
-    plan has no reward; a failed trial may have neither).
+    `reward` is the trained policy's score on the fixed evaluation prompts (the same for every
+    trial; exact from its probabilities where the task allows, see `autotune.rlhf.evaluation`),
+    `reward_se` its standard error over prompts and `initial_reward` the untrained policy's score
+    on the same set; `reward_curve` is the mean task reward of each training iteration's samples.
+    `step_time_s` is the median seconds per iteration after the first. Each is None where it does
+    not exist (a `fake` plan has no reward; a failed trial may have neither).
     """
 
     config_hash: str
@@ -30,6 +33,7 @@ class TrialResult:
     reward_curve: tuple[float, ...] = ()
     initial_reward: float | None = None
     reward: float | None = None
+    reward_se: float | None = None
     step_time_s: float | None = None
     wall_time_s: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)

@@ -32,9 +32,9 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from autotune.cli import export_cmds, search_cmds, tracking_cmds, trial_cmds
+    from autotune.cli import export_cmds, reward_cmds, search_cmds, tracking_cmds, trial_cmds
 
-    for module in (trial_cmds, search_cmds, tracking_cmds, export_cmds):
+    for module in (trial_cmds, reward_cmds, search_cmds, tracking_cmds, export_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -75,6 +75,30 @@ class Task(abc.ABC):
     def _score(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         """The task's reward on validated (B, P) prompts and (B, T) responses."""
 
+    def credit(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor | None:
+        """What each vocabulary id would earn at each response position, given the tokens before it.
+
+        A task whose score is a sum over response tokens returns a tensor that broadcasts to
+        (B, T, vocab), such that `score(prompts, responses)[b] == sum_t credit[b, t, responses[b, t]]`
+        (before clamping). Weighting it with the policy's next-token probabilities then gives the
+        expected score exactly, with no sampling noise. None: the score is not a sum over tokens.
+        """
+        return None
+
+    def expected_score(self, prompts: torch.Tensor, responses: torch.Tensor,
+                       probs: torch.Tensor) -> torch.Tensor | None:
+        """The policy's expected score per prompt, exact given each position's prefix: (B,) or None.
+
+        Args:
+            prompts: (B, P) prompt ids.
+            responses: (B, T) a fixed continuation; position t's prefix is the prompt and responses[:, :t].
+            probs: (B, T, vocab) the policy's next-token probabilities at each response position.
+        """
+        credit = self.credit(prompts, responses)
+        if credit is None:
+            return None
+        return (probs.float() * credit).sum(dim=(1, 2))
+
     @property
     def _window(self) -> int:
         return max(1, self.vocab_size // _DENSITY)
@@ -89,6 +113,10 @@ class TargetTokenTask(Task):
     def _score(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         return (responses >= self.vocab_size - self._window).float().mean(dim=1)
 
+    def credit(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        targets = (torch.arange(self.vocab_size) >= self.vocab_size - self._window).float()
+        return (targets / responses.shape[1]).to(responses.device)[None, None, :]
+
 
 @dataclass(frozen=True, kw_only=True)
 class AscendingTask(Task):
@@ -102,6 +130,16 @@ class AscendingTask(Task):
         steps = responses[:, 1:] - responses[:, :-1]
         return ((steps >= 1) & (steps <= self._window)).float().mean(dim=1)
 
+    def credit(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        batch, length = responses.shape
+        credit = torch.zeros(batch, length, self.vocab_size, device=responses.device)
+        if length < 2:
+            return credit
+        # position t (t >= 1) earns when it climbs 1..window above the token before it
+        steps = torch.arange(self.vocab_size, device=responses.device) - responses[:, :-1, None]
+        credit[:, 1:] = ((steps >= 1) & (steps <= self._window)).float() / (length - 1)
+        return credit
+
 
 @dataclass(frozen=True, kw_only=True)
 class CopyFirstTask(Task):
@@ -113,9 +151,17 @@ class CopyFirstTask(Task):
         distance = (responses - prompts[:, :1]).abs().float()
         return (1.0 - distance / self._window).clamp(min=0.0).mean(dim=1)
 
+    def credit(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        distance = (torch.arange(self.vocab_size, device=prompts.device) - prompts[:, :1]).abs().float()
+        return ((1.0 - distance / self._window).clamp(min=0.0) / responses.shape[1])[:, None, :]
+
 
 _TASK_TYPES: dict[str, type[Task]] = {cls.name: cls for cls in (TargetTokenTask, AscendingTask, CopyFirstTask)}
 TASKS: dict[str, str] = {name: " ".join(cls.__doc__.split()) for name, cls in _TASK_TYPES.items()}
+# Tasks on decoded text: they need the policy's tokenizer (autotune.rlhf.similarity).
+TEXT_TASKS: dict[str, str] = {
+    "similarity": "Cosine similarity of the decoded response to the closest target text (frozen all-MiniLM-L6-v2)",
+}
 
 
 def get_task(name: str, *, vocab_size: int, prompts_file: str | None = None, tokenizer: Any = None) -> Task:
@@ -130,10 +176,14 @@ def get_task(name: str, *, vocab_size: int, prompts_file: str | None = None, tok
     Raises:
         ConfigError: An unknown task name, a bad vocab size, or an unreadable or malformed prompts file.
     """
-    if name not in _TASK_TYPES:
-        raise ConfigError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+    if name not in _TASK_TYPES and name not in TEXT_TASKS:
+        raise ConfigError(f"unknown task {name!r}: choose one of {', '.join([*TASKS, *TEXT_TASKS])}")
     if vocab_size < 2:
         raise ConfigError(f"vocab_size must be at least 2, got {vocab_size}")
+    if name in TEXT_TASKS:
+        from autotune.rlhf.similarity import make_similarity_task
+
+        return make_similarity_task(vocab_size=vocab_size, tokenizer=tokenizer, prompts_file=prompts_file)
     if prompts_file is None:
         return _TASK_TYPES[name](vocab_size=vocab_size)
     texts = read_prompts(prompts_file)

@@ -23,6 +23,7 @@ from autotune.result import TrialResult
 if TYPE_CHECKING:
     from autotune.memory.probe import MemoryProbe
     from autotune.memory.report import MemoryReport
+    from autotune.rlhf.evaluation import Evaluation
     from autotune.rlhf.workload import IterationStats, RLHFWorkload
 
     ProgressCallback = Callable[[IterationStats, MemoryProbe], None]
@@ -71,7 +72,8 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
 
     start = time.perf_counter()
     capacity = None if cfg.device_memory_gb is None else int(cfg.device_memory_gb * _GiB)
-    probe = workload = None
+    probe = workload = memory = None
+    evaluations: tuple[Evaluation, Evaluation] | None = None
     status, message, failed_phase = "ok", "", None
     try:
         probe = make_probe(cfg.device, cfg.memory.allocator, capacity_bytes=capacity)
@@ -79,6 +81,11 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         with _fake_mode(cfg.device == "fake"), probe:
             workload.setup()
             workload.run(None if on_iteration is None else lambda stats: on_iteration(stats, probe))
+        # the report first: the evaluation's forwards must not count as the run's memory
+        memory = _report(probe)
+        if cfg.device != "fake":
+            workload.current_phase = "evaluation"
+            evaluations = (workload.evaluate_initial(), workload.evaluate())
     except (torch.OutOfMemoryError, SimulatedOutOfMemoryError) as exc:
         status, message = "oom", _first_line(exc)
         failed_phase = probe.failed_phase or workload.current_phase
@@ -90,16 +97,18 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         status, message = "error", f"{type(exc).__name__}: {exc}"
         failed_phase = getattr(workload, "current_phase", None)
         log.exception("trial failed in %s", failed_phase or "setup")
-    result = _result(cfg, workload, probe, status=status, message=message, failed_phase=failed_phase,
-                     wall_time_s=time.perf_counter() - start)
+    result = _result(cfg, workload, memory or _report(probe), evaluations, status=status, message=message,
+                     failed_phase=failed_phase, wall_time_s=time.perf_counter() - start)
     if timeline is not None and probe is not None:
         _save_timeline(probe, timeline)
     return result
 
 
-def _result(cfg: TrialConfig, workload: RLHFWorkload | None, probe: MemoryProbe | None, *, status: str, message: str,
+def _result(cfg: TrialConfig, workload: RLHFWorkload | None, memory: MemoryReport | None,
+            evaluations: tuple[Evaluation, Evaluation] | None, *, status: str, message: str,
             failed_phase: str | None, wall_time_s: float) -> TrialResult:
     curve = tuple(getattr(workload, "reward_curve", ()))
+    initial, final = evaluations or (None, None)
     times = list(getattr(workload, "step_times_s", ()))
     if cfg.device == "fake" and cfg.memory.zero_stage > 0 and status == "ok":
         from autotune.rlhf.zero import FAKE_ZERO_NOTE
@@ -111,22 +120,15 @@ def _result(cfg: TrialConfig, workload: RLHFWorkload | None, probe: MemoryProbe 
         backend=cfg.device,
         message=message,
         failed_phase=failed_phase,
-        memory=_report(probe),
+        memory=memory,
         reward_curve=curve,
-        initial_reward=curve[0] if curve else None,
-        reward=final_reward(curve),
+        initial_reward=None if initial is None else initial.mean,
+        reward=None if final is None else final.mean,
+        reward_se=None if final is None else final.se,
         step_time_s=step_time(times),
         wall_time_s=wall_time_s,
         versions=versions(deepspeed=cfg.memory.needs_deepspeed and cfg.device != "fake"),
     )
-
-
-def final_reward(curve: tuple[float, ...]) -> float | None:
-    """The mean reward over the last quarter of the steps (at least one step); None without any."""
-    if not curve:
-        return None
-    tail = curve[-max(1, len(curve) // 4):]
-    return sum(tail) / len(tail)
 
 
 def step_time(times_s: list[float]) -> float | None:

@@ -17,6 +17,7 @@ import torch
 
 from autotune.config import TrialConfig
 from autotune.rlhf import losses
+from autotune.rlhf.evaluation import Evaluation, evaluate
 from autotune.rlhf.generation import sample
 from autotune.rlhf.zero import Updater, make_updater
 
@@ -93,10 +94,11 @@ class RLHFWorkload:
 
     def _setup_task(self) -> None:
         from autotune.rlhf.models import load_tokenizer, model_config
-        from autotune.rlhf.tasks import get_task
+        from autotune.rlhf.tasks import TEXT_TASKS, get_task
 
         w, actor = self.cfg.workload, self.cfg.model.actor
-        tokenizer = load_tokenizer(actor) if w.prompts_file else None  # only file prompts need encoding
+        # only file prompts and text tasks need the tokenizer
+        tokenizer = load_tokenizer(actor) if w.prompts_file or w.task in TEXT_TASKS else None
         self.task = get_task(w.task, vocab_size=model_config(actor).vocab_size, prompts_file=w.prompts_file,
                              tokenizer=tokenizer)
         self.prompt_generator = torch.Generator().manual_seed(w.seed)
@@ -138,6 +140,21 @@ class RLHFWorkload:
             self.probe.to_host(model)
             return model
         return self._place(model)
+
+    # -- evaluation (outside the memory probe: its forwards are no part of the measured run) ------
+    def evaluate(self) -> Evaluation:
+        """The trained actor's score on the fixed evaluation set (see `autotune.rlhf.evaluation`)."""
+        return evaluate(self.actor_up.module, self.task, self.cfg.workload, self.device)
+
+    def evaluate_initial(self) -> Evaluation:
+        """The untrained actor's score on the same set: the reference model, when it is the actor's twin."""
+        from autotune.rlhf.models import build_policy
+
+        names = self.cfg.model
+        if names.reference_name == names.actor:   # same name, same seed: the same weights as the initial actor
+            return evaluate(self.reference.to(self.device), self.task, self.cfg.workload, self.device)
+        initial = build_policy(names.actor, dtype=getattr(torch, names.dtype), seed=self.cfg.workload.seed)
+        return evaluate(initial.to(self.device), self.task, self.cfg.workload, self.device)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, on_iteration: Callable[[IterationStats], None] | None = None) -> None:

@@ -154,3 +154,32 @@ def test_default_task_reward_rises_within_50_steps():
     start, end = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     assert 0.05 < start < 0.3
     assert end > start + 0.2
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_credit_at_the_sampled_tokens_is_the_score(name):
+    # the score is a sum over response tokens of the credit each token earned, given its prefix
+    task = get_task(name, vocab_size=64)
+    g = torch.Generator().manual_seed(3)
+    prompts, responses = task.prompts(32, 5, g), torch.randint(0, 64, (32, 12), generator=g)
+    credit = task.credit(prompts, responses).expand(32, 12, 64)
+    earned = credit.gather(-1, responses.unsqueeze(-1)).squeeze(-1).sum(dim=1)
+    assert torch.allclose(earned, task.score(prompts, responses), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_expected_score_under_one_hot_probabilities_is_the_score(name):
+    task = get_task(name, vocab_size=64)
+    g = torch.Generator().manual_seed(4)
+    prompts, responses = task.prompts(16, 5, g), torch.randint(0, 64, (16, 10), generator=g)
+    one_hot = torch.nn.functional.one_hot(responses, 64).float()
+    assert torch.allclose(task.expected_score(prompts, responses, one_hot), task.score(prompts, responses), atol=1e-6)
+
+
+def test_expected_target_mass_by_hand():
+    # vocab 16, targets 14 and 15; a policy that puts 0.3 on 15 and 0.1 on 14 everywhere earns 0.4
+    task = get_task("target-token", vocab_size=16)
+    probs = torch.full((2, 4, 16), 0.6 / 14)
+    probs[..., 14], probs[..., 15] = 0.1, 0.3
+    expected = task.expected_score(PROMPTS[:, :2], torch.zeros(2, 4, dtype=torch.long), probs)
+    assert expected.tolist() == pytest.approx([0.4, 0.4])

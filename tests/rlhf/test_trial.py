@@ -10,7 +10,7 @@ import pytest
 
 from autotune.config import PHASES, TrialConfig
 from autotune.result import TrialResult
-from autotune.rlhf.trial import apply_allocator_env, final_reward, plan_trial, run_trial, step_time, write_result
+from autotune.rlhf.trial import apply_allocator_env, plan_trial, run_trial, step_time, write_result
 from autotune.rlhf.zero import deepspeed_config
 
 SMALL = {"workload.batch_size": 4, "workload.prompt_len": 4, "workload.gen_len": 8, "workload.steps": 2,
@@ -27,7 +27,7 @@ def test_trial_finishes_with_a_complete_result(algorithm):
     cfg = TrialConfig().replace(algorithm=algorithm, **{"workload.steps": 4})
     start = time.perf_counter()
     result = run_trial(cfg)
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < 90   # generous: the 2-core machine is shared
     assert result.status == "ok", result.message
     assert result.backend == "cpu" and result.config_hash == cfg.config_hash()
     expected_phases = PHASES if algorithm == "ppo" else PHASES[:3]
@@ -36,17 +36,13 @@ def test_trial_finishes_with_a_complete_result(algorithm):
         assert 0 < phase.peak_allocated_bytes <= phase.peak_reserved_bytes
     assert result.memory.peak_reserved_bytes == max(p.peak_reserved_bytes for p in result.memory.phases)
     assert len(result.reward_curve) == 4 and all(0 <= r <= 1 for r in result.reward_curve)
-    assert result.initial_reward == result.reward_curve[0]
-    assert result.reward == result.reward_curve[-1]          # the last quarter of 4 steps is 1 step
+    # the evaluation on the fixed prompts, before and after training, with its standard error
+    assert 0 <= result.initial_reward <= 1 and 0 <= result.reward <= 1
+    assert result.reward != result.initial_reward
+    assert 0 < result.reward_se < 0.05
     assert result.step_time_s > 0 and result.wall_time_s > 0
     assert {"torch", "transformers", "autotune"} <= set(result.versions)
     assert "deepspeed" not in result.versions
-
-
-def test_final_reward_is_the_mean_of_the_last_quarter():
-    assert final_reward((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 1.0)) == pytest.approx(0.75)
-    assert final_reward((0.3,)) == pytest.approx(0.3)
-    assert final_reward(()) is None
 
 
 def test_step_time_skips_the_warm_up_iteration():

@@ -1,0 +1,41 @@
+"""`autotune reward`: one reward run, in its own process, like `autotune trial`.
+
+The controller runs it as a subprocess with the config from `reward_config(...)` and reads the
+RewardOutcome JSON back; the exit code is a second signal: 0 ok, 3 out of memory, 1 error.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from autotune.cli.trial_cmds import EXIT_CODES, TrialExit
+from autotune.config import TrialConfig
+
+
+@click.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Reward-run config YAML (a TrialConfig, normally written by the controller).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the RewardOutcome JSON.")
+@click.option("--proxy-for", default=None, metavar="MODEL",
+              help="The model this run stands in for, when the config's actor is a proxy.")
+def reward(config_path: Path, out: Path, proxy_for: str | None) -> None:
+    """Run one reward run (train, then score on the fixed evaluation prompts) and write its outcome."""
+    cfg = TrialConfig.load(config_path)
+    from autotune.rlhf.reward_run import run_reward
+
+    outcome = run_reward(cfg, proxy_for=proxy_for)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    outcome.save(tmp)
+    tmp.replace(out)   # a reader sees the whole file or none
+    if not outcome.ok:
+        raise TrialExit(f"reward run failed ({outcome.status}): {outcome.message}",
+                        EXIT_CODES.get(outcome.status, 1))
+    se = f" ± {outcome.reward_se:.4f}" if outcome.reward_se is not None else ""
+    click.echo(f"reward {outcome.reward:.4f}{se} (initial {outcome.initial_reward:.4f}; {outcome.label}; "
+               f"{outcome.wall_time_s:.1f} s)", err=True)
+
+
+COMMANDS = [reward]

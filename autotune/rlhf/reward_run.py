@@ -1,0 +1,309 @@
+"""Reward runs: the reward objective, measured once per reward key and shared by every trial that has it.
+
+Memory depends on every knob but not on the values inside the tensors; the reward depends on the
+optimizer and the workload but, by construction, not on where tensors live or when the cache is
+emptied. So a trial's reward comes from a *reward run*, identified by a *reward key*: a hash of the
+part of the TrialConfig that can change the numbers. Trials that differ only in neutral knobs share
+one reward run.
+
+A knob is neutral only where a test shows a bit-identical reward curve and evaluation reward on the
+CPU with and without it (tests/rlhf/test_reward_run.py). The candidates and the verdicts:
+
+- `memory.empty_cache_after`, `memory.allocator.*`: neutral. They act on the caching allocator only.
+- `memory.actor_gradient_checkpointing`, `memory.critic_gradient_checkpointing`: neutral. The
+  recomputed forward is the same arithmetic in the same order (no dropout in these models).
+- `memory.offload_reference`, `memory.offload_reward`: neutral. The same frozen weights are used,
+  wherever they wait between experience phases.
+- `memory.static_kv_cache`: neutral. The static cache masks the unused positions, and the
+  probabilities that are sampled come out bit-identical.
+- `memory.zero_stage` (no offload, world size 1): NOT neutral, in the key. DeepSpeed's engine
+  scales the loss and averages gradients through its own buffers, so the updates differ in the last
+  bits and the curves drift apart (and the reward run would need DeepSpeed, about 30 s of JIT).
+- `memory.offload_optimizer`: not a candidate, in the key: the update runs on the host copy.
+
+The reward run itself executes `reward_config(cfg, proxy=...)`: the full model where it fits, or a
+proxy with the partition mapped onto the proxy's layers (density and placement carry over; an
+explicit layer list maps proportionally), neutral knobs at their defaults. Key a study's cache by
+`reward_key(reward_config(cfg, proxy=p))`: that key names what actually runs, and it merges
+partitions that pick the same proxy layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from autotune import schema
+from autotune.config import PartitionSpec, TrialConfig
+
+log = logging.getLogger(__name__)
+
+NEUTRAL_KNOBS: tuple[str, ...] = (
+    "memory.empty_cache_after",
+    "memory.allocator",
+    "memory.actor_gradient_checkpointing",
+    "memory.critic_gradient_checkpointing",
+    "memory.offload_reference",
+    "memory.offload_reward",
+    "memory.static_kv_cache",
+)
+
+# Where the measurement happens, not what is measured: never part of the key.
+_PLACE_KNOBS = ("device", "device_memory_gb")
+
+# GRPO has no critic: these fields cannot change a GRPO run's numbers.
+_CRITIC_ONLY = ("optimizer.critic", "workload.critic_lr", "workload.value_clip", "workload.gamma", "workload.lam")
+
+# The proxy that carries a model family's reward runs on a CPU, by transformers `model_type`.
+# Measured on the 2-core CPU (README "Reward runs"): a default PPO reward run of llama-small costs
+# about a minute, smollm2-135m several; the llama-1b search needs each reward run near a minute.
+DEFAULT_PROXIES: dict[str, str] = {"llama": "llama-small", "mistral": "llama-small", "qwen2": "llama-small",
+                                   "opt": "llama-small"}
+FALLBACK_PROXY = "llama-small"
+# Largest model whose reward runs on the CPU at full size (llama-small is ~48M parameters).
+CPU_FULL_SIZE_MAX_PARAMS = 60_000_000
+Status = Literal["ok", "oom", "error", "timeout"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardOutcome:
+    """What one reward run measured, stored in the study under its key.
+
+    Attributes:
+        key: The reward key of the config that ran (`reward_key(reward_config(...))`).
+        model: The actor that actually ran (the proxy, when there was one).
+        proxy: Whether `model` stands in for a bigger model.
+        steps: RLHF iterations of the run.
+        reward: The trained policy's score on the fixed evaluation prompts.
+        reward_se: Its standard error over prompts.
+        initial_reward: The untrained policy's score on the same prompts.
+        reward_curve: The mean task reward of each training iteration's samples.
+        status: ok, oom, error or timeout; a failed run is stored too, so it is not retried forever.
+        message: Why it failed; empty when ok.
+        wall_time_s: Seconds the run took.
+    """
+
+    key: str
+    model: str
+    proxy: bool = False
+    steps: int = 0
+    reward: float | None = None
+    reward_se: float | None = None
+    initial_reward: float | None = None
+    reward_curve: tuple[float, ...] = ()
+    status: Status = "ok"
+    message: str = ""
+    wall_time_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def label(self) -> str:
+        """Where the reward came from, e.g. "llama-small proxy, 8 steps" or "llama-tiny, 4 steps"."""
+        return f"{Path(self.model).name}{' proxy' if self.proxy else ''}, {self.steps} steps"
+
+    def to_dict(self) -> dict:
+        return schema.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RewardOutcome:
+        return schema.from_dict(cls, data)
+
+    def save(self, path: str | Path) -> None:
+        schema.dump_json(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RewardOutcome:
+        return schema.load_json(cls, path)
+
+
+# -- the key -------------------------------------------------------------------------------------
+def reward_key(cfg: TrialConfig) -> str:
+    """A short stable hash of the part of `cfg` that can change the reward.
+
+    Neutral knobs are reset to their defaults, the device is ignored, and fields that cannot act
+    are dropped: the partition when no optimizer is FRUGAL, critic settings under GRPO, an
+    `update_gap` longer than the run.
+    """
+    data = _canonical(cfg.to_dict())
+    for dotted in _PLACE_KNOBS:
+        _pop(data, dotted)
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _canonical(data: dict) -> dict:
+    defaults = TrialConfig().to_dict()
+    for dotted in NEUTRAL_KNOBS:
+        _put(data, dotted, _get(defaults, dotted))
+    opt = data["optimizer"]
+    critic_trains = data["algorithm"] == "ppo"
+    if data["algorithm"] == "grpo":
+        for dotted in _CRITIC_ONLY:
+            _put(data, dotted, _get(defaults, dotted))
+    if opt["name"] != "frugal" and not (critic_trains and opt["critic"] == "frugal"):
+        opt["partition"] = defaults["optimizer"]["partition"]
+        return data
+    part = opt["partition"]
+    if part["layers"] is not None or part["placement"] != "rotate":
+        # a static partition: the window schedule never runs
+        for name in ("order", "update_gap"):
+            part[name] = defaults["optimizer"]["partition"][name]
+    else:
+        part["update_gap"] = min(part["update_gap"], _optimizer_steps(data["workload"], data["algorithm"]))
+    return data
+
+
+def _optimizer_steps(workload: dict, algorithm: str) -> int:
+    """Optimizer steps of the run: a window that moves less often than this never moves at all."""
+    sequences = workload["batch_size"] * (workload["group_size"] if algorithm == "grpo" else 1)
+    return workload["steps"] * workload["ppo_epochs"] * math.ceil(sequences / workload["micro_batch"])
+
+
+# -- the proxy -----------------------------------------------------------------------------------
+def default_proxy(model: str, *, cuda: bool | None = None) -> str | None:
+    """The proxy that carries `model`'s reward runs by default, or None to run the model itself.
+
+    On a GPU every model runs at full size. On a CPU a model up to `CPU_FULL_SIZE_MAX_PARAMS`
+    parameters runs itself; a bigger one runs on its family's proxy (`DEFAULT_PROXIES`).
+
+    Args:
+        model: A preset, `smollm2-135m` or a local Hugging Face directory.
+        cuda: Whether reward runs get a GPU; None asks torch.
+
+    Raises:
+        ModelNotFoundError: `model` is no preset and no local model folder.
+    """
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return None
+    params, family = _size_and_family(model)
+    if params <= CPU_FULL_SIZE_MAX_PARAMS:
+        return None
+    return DEFAULT_PROXIES.get(family, FALLBACK_PROXY)
+
+
+def _size_and_family(model: str) -> tuple[int, str]:
+    import torch
+    import transformers
+
+    from autotune.rlhf.models import model_config
+
+    config = model_config(model)
+    with torch.device("meta"):
+        built = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in built.parameters()), config.model_type
+
+
+def reward_config(cfg: TrialConfig, *, proxy: str | None) -> TrialConfig:
+    """The config a reward run executes for `cfg`.
+
+    The actor is `proxy` when one is given, with the critic, reference and reward models following
+    it (a reward model of another tokenizer could not read the proxy's tokens); the partition is
+    mapped onto the proxy's layers by `map_partition`. Neutral knobs are at their defaults, and the
+    device is "cuda" on a GPU, else "cpu", with no simulated capacity (memory is not measured here).
+    """
+    import torch
+
+    data = _canonical(cfg.to_dict())
+    data["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    data["device_memory_gb"] = None
+    if proxy is not None and proxy != cfg.model.actor:
+        data["model"].update(actor=proxy, critic=None, reference=None, reward=None)
+        spec = cfg.optimizer.partition
+        if spec.layers is not None:
+            mapped = map_partition(spec, n_from=_n_layers(cfg.model.actor), n_to=_n_layers(proxy))
+            data["optimizer"]["partition"]["layers"] = list(mapped.layers)
+    return TrialConfig.from_dict(data, source="reward config")
+
+
+def map_partition(spec: PartitionSpec, *, n_from: int, n_to: int) -> PartitionSpec:
+    """`spec` on a model of `n_to` layers instead of `n_from`: density and placement carry over as
+    they are; an explicit layer list maps proportionally (see `map_layers`)."""
+    if spec.layers is None:
+        return spec
+    return dataclasses.replace(spec, layers=map_layers(spec.layers, n_from=n_from, n_to=n_to))
+
+
+def map_layers(layers: tuple[int, ...] | list[int], *, n_from: int, n_to: int) -> tuple[int, ...]:
+    """Layer i of n_from covers the layers [i * n_to / n_from, (i + 1) * n_to / n_from) of n_to.
+
+    Each source layer keeps its share of depth: the chosen fraction and where it sits carry over
+    (4 of 16 layers at the top become the top 7 or 8 of 30; every layer of 16 maps onto at least one).
+    """
+    chosen: set[int] = set()
+    for i in layers:
+        lo = (i * n_to) // n_from
+        hi = max(lo + 1, ((i + 1) * n_to) // n_from)
+        chosen.update(range(lo, min(hi, n_to)))
+    return tuple(sorted(chosen))
+
+
+def _n_layers(model: str) -> int:
+    from autotune.rlhf.models import model_config
+
+    return int(model_config(model).num_hidden_layers)
+
+
+# -- running one -------------------------------------------------------------------------------
+def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None) -> RewardOutcome:
+    """Run a reward run in this process; a failed run is an outcome, never an exception.
+
+    Args:
+        cfg: What to run, normally `reward_config(trial_cfg, proxy=...)`.
+        proxy_for: The model the study is about, when `cfg.model.actor` is a proxy for it.
+
+    Returns:
+        The outcome, keyed by `reward_key(cfg)`.
+    """
+    from autotune.rlhf.trial import run_trial
+
+    start = time.perf_counter()
+    common: dict[str, Any] = {"key": reward_key(cfg), "model": cfg.model.actor, "steps": cfg.workload.steps,
+                              "proxy": proxy_for is not None and proxy_for != cfg.model.actor}
+    try:
+        result = run_trial(cfg)
+    except Exception as exc:  # noqa: BLE001 - a reward run reports, it does not raise
+        log.exception("reward run failed")
+        return RewardOutcome(**common, status="error", message=f"{type(exc).__name__}: {exc}",
+                             wall_time_s=time.perf_counter() - start)
+    status = result.status if result.status in ("ok", "oom", "error", "timeout") else "error"
+    if status == "ok" and result.reward is None:
+        status, message = "error", "the run produced no evaluation reward"
+    else:
+        message = result.message if status != "ok" else ""
+    return RewardOutcome(**common, reward=result.reward, reward_se=result.reward_se,
+                         initial_reward=result.initial_reward, reward_curve=result.reward_curve,
+                         status=status, message=message, wall_time_s=time.perf_counter() - start)
+
+
+# -- dotted paths in plain dicts -------------------------------------------------------------------
+def _get(data: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data[key]
+    return data
+
+
+def _put(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data[key]
+    data[leaf] = value
+
+
+def _pop(data: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data[key]
+    data.pop(leaf, None)

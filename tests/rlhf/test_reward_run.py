@@ -1,0 +1,181 @@
+"""Reward runs: the key, the neutral knobs (each proven bit-identical on the CPU), the proxy mapping."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autotune.config import TrialConfig
+from autotune.rlhf.reward_run import (
+    NEUTRAL_KNOBS,
+    RewardOutcome,
+    default_proxy,
+    map_layers,
+    reward_config,
+    reward_key,
+    run_reward,
+)
+
+# Short llama-tiny runs: 3 iterations are enough for optimizer state and the KV cache to matter.
+SMALL = {"workload.batch_size": 4, "workload.prompt_len": 4, "workload.gen_len": 8, "workload.steps": 3,
+         "workload.group_size": 2, "workload.micro_batch": 2, "workload.ppo_epochs": 2}
+
+
+def small(**overrides: object) -> TrialConfig:
+    return TrialConfig().replace(**{**SMALL, **overrides})
+
+
+# One non-default setting per neutral knob, in the order of NEUTRAL_KNOBS.
+NEUTRAL_SETTINGS = {
+    "memory.empty_cache_after": {"memory.empty_cache_after": ("generation", "experience", "actor_train")},
+    "memory.allocator": {"memory.allocator.expandable_segments": True, "memory.allocator.max_split_size_mb": 64},
+    "memory.actor_gradient_checkpointing": {"memory.actor_gradient_checkpointing": True},
+    "memory.critic_gradient_checkpointing": {"memory.critic_gradient_checkpointing": True},
+    "memory.offload_reference": {"memory.offload_reference": True},
+    "memory.offload_reward": {"memory.offload_reward": True},
+    "memory.static_kv_cache": {"memory.static_kv_cache": True},
+}
+
+
+@pytest.fixture(scope="module")
+def baseline() -> RewardOutcome:
+    outcome = run_reward(small())
+    assert outcome.ok, outcome.message
+    return outcome
+
+
+def test_every_neutral_knob_has_a_test():
+    assert tuple(NEUTRAL_SETTINGS) == NEUTRAL_KNOBS
+
+
+@pytest.mark.parametrize("knob", NEUTRAL_KNOBS)
+def test_a_neutral_knob_leaves_the_reward_bit_identical(knob, baseline):
+    cfg = small(**NEUTRAL_SETTINGS[knob])
+    assert cfg != small()
+    outcome = run_reward(cfg)
+    assert outcome.ok, outcome.message
+    # exact equality, not approx: the curve, the evaluation and its standard error
+    assert outcome.reward_curve == baseline.reward_curve
+    assert (outcome.reward, outcome.reward_se, outcome.initial_reward) == \
+        (baseline.reward, baseline.reward_se, baseline.initial_reward)
+    assert reward_key(cfg) == reward_key(small())
+
+
+def test_the_same_key_gives_an_identical_reward(baseline):
+    again = run_reward(small(device_memory_gb=4.0))
+    assert again.key == baseline.key
+    assert again.to_dict() | {"wall_time_s": 0} == baseline.to_dict() | {"wall_time_s": 0}
+
+
+def test_the_reward_moves_and_has_a_standard_error(baseline):
+    assert len(baseline.reward_curve) == 3
+    assert baseline.reward != baseline.initial_reward
+    assert 0 < baseline.reward_se < 0.05
+    assert 0 <= baseline.reward <= 1
+
+
+@pytest.mark.parametrize("override", [
+    {"optimizer.name": "frugal", "optimizer.partition.density": 0.5},
+    {"workload.seed": 1},
+    {"memory.zero_stage": 2},
+    {"model.dtype": "bfloat16"},
+    {"algorithm": "grpo"},
+])
+def test_a_non_neutral_knob_changes_the_key(override):
+    assert reward_key(small(**override)) != reward_key(small())
+
+
+def test_frugal_density_changes_the_key():
+    frugal = {"optimizer.name": "frugal"}
+    assert reward_key(small(**frugal, **{"optimizer.partition.density": 0.25})) != \
+        reward_key(small(**frugal, **{"optimizer.partition.density": 0.5}))
+
+
+def test_fields_that_cannot_act_are_not_in_the_key():
+    # AdamW everywhere: the partition is never read
+    assert reward_key(small(**{"optimizer.partition.density": 0.9})) == reward_key(small())
+    # GRPO trains no critic
+    assert reward_key(small(algorithm="grpo", **{"optimizer.critic": "frugal", "workload.critic_lr": 0.1})) == \
+        reward_key(small(algorithm="grpo"))
+    # a rotation window that never moves within the run's 3 x 2 x 2 = 12 optimizer steps
+    rot = {"optimizer.name": "frugal", "optimizer.partition.placement": "rotate"}
+    assert reward_key(small(**rot, **{"optimizer.partition.update_gap": 200})) == \
+        reward_key(small(**rot, **{"optimizer.partition.update_gap": 500}))
+    assert reward_key(small(**rot, **{"optimizer.partition.update_gap": 5})) != \
+        reward_key(small(**rot, **{"optimizer.partition.update_gap": 500}))
+
+
+def test_the_key_ignores_the_device_and_is_stable():
+    assert reward_key(small(device="fake", device_memory_gb=1.0)) == reward_key(small())
+    assert len(reward_key(small())) == 16 and reward_key(small()) == reward_key(small())
+
+
+def test_reward_config_resets_neutral_knobs_and_keeps_the_key():
+    cfg = small(device="fake", device_memory_gb=2.0, **NEUTRAL_SETTINGS["memory.static_kv_cache"],
+                **NEUTRAL_SETTINGS["memory.empty_cache_after"])
+    run = reward_config(cfg, proxy=None)
+    assert run.device == "cpu" and run.device_memory_gb is None
+    assert run.memory == TrialConfig().memory
+    assert reward_key(run) == reward_key(cfg)
+
+
+def test_the_proxy_takes_over_every_model_and_maps_explicit_layers():
+    cfg = small(**{"model.actor": "llama-1b", "optimizer.name": "frugal", "optimizer.partition.layers": (12, 13, 14, 15)})
+    run = reward_config(cfg, proxy="llama-small")
+    assert run.model.actor == "llama-small" and run.model.critic is None and run.model.reward is None
+    assert run.optimizer.partition.layers == (7, 8, 9)   # the top quarter of 16 -> the top of 10
+    dense = small(**{"model.actor": "llama-1b", "optimizer.name": "frugal", "optimizer.partition.density": 0.5,
+                     "optimizer.partition.placement": "top"})
+    mapped = reward_config(dense, proxy="llama-small").optimizer.partition
+    assert (mapped.density, mapped.placement, mapped.layers) == (0.5, "top", None)
+
+
+def test_map_layers_keeps_share_and_position():
+    assert map_layers((0, 1, 2, 3), n_from=16, n_to=32) == tuple(range(8))
+    assert map_layers((15,), n_from=16, n_to=30) == (28, 29)
+    assert map_layers((0,), n_from=16, n_to=4) == (0,)
+    assert map_layers(tuple(range(16)), n_from=16, n_to=10) == tuple(range(10))
+
+
+def test_default_proxy_runs_small_models_themselves():
+    assert default_proxy("llama-tiny", cuda=False) is None
+    assert default_proxy("llama-small", cuda=False) is None
+    assert default_proxy("llama-1b", cuda=False) == "llama-small"
+    assert default_proxy("opt-1.3b", cuda=False) == "llama-small"
+    assert default_proxy("llama-1b", cuda=True) is None
+
+
+def test_outcome_label_and_round_trip(tmp_path):
+    outcome = RewardOutcome(key="k", model="llama-small", proxy=True, steps=8, reward=0.2, reward_se=0.01)
+    assert outcome.label == "llama-small proxy, 8 steps"
+    assert RewardOutcome(key="k", model="llama-tiny", steps=4).label == "llama-tiny, 4 steps"
+    outcome.save(tmp_path / "r.json")
+    assert RewardOutcome.load(tmp_path / "r.json") == outcome
+
+
+def test_a_failed_run_is_an_outcome_not_an_exception(tmp_path):
+    outcome = run_reward(small(**{"model.actor": str(tmp_path / "missing")}))
+    assert outcome.status == "error" and "does not exist" in outcome.message
+    assert outcome.reward is None
+
+
+def test_reward_cli_writes_the_outcome(tmp_path):
+    cfg = small(**{"workload.steps": 1})
+    (tmp_path / "reward.yaml").write_text(cfg.dump())
+    proc = subprocess.run([sys.executable, "-m", "autotune", "reward", "--config", str(tmp_path / "reward.yaml"),
+                           "--out", str(tmp_path / "out" / "reward.json"), "--proxy-for", "llama-1b"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome = RewardOutcome.from_dict(json.loads((tmp_path / "out" / "reward.json").read_text()))
+    assert outcome.ok and outcome.proxy and outcome.key == reward_key(cfg)
+    assert "reward" in proc.stderr
+
+
+@pytest.mark.slow
+def test_zero_at_world_size_one_is_not_neutral(baseline):
+    # why memory.zero_stage stays in the key: DeepSpeed's engine changes the updates in the last bits
+    outcome = run_reward(small(**{"memory.zero_stage": 1}))
+    assert outcome.ok, outcome.message
+    assert (outcome.reward_curve, outcome.reward) != (baseline.reward_curve, baseline.reward)
