@@ -52,13 +52,15 @@ def plan_trial(cfg: TrialConfig, *, timeline: Path | None = None) -> TrialResult
 
 
 def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
-              on_iteration: ProgressCallback | None = None) -> TrialResult:
+              on_iteration: ProgressCallback | None = None, measure_memory: bool = True) -> TrialResult:
     """Run one trial and describe it; OOMs and errors are results, not exceptions.
 
     Args:
         cfg: the trial.
         timeline: where to save the probe's memory timeline (PNG), if wanted.
         on_iteration: called with each iteration's `IterationStats` and the probe (progress lines).
+        measure_memory: False for a reward run: no probe traces the run (on the cpu backend the
+            tracer costs 3-4x the run's time), and the result has no memory report.
 
     Returns:
         The TrialResult, with status ok, oom or error.
@@ -76,13 +78,14 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
     evaluations: tuple[Evaluation, Evaluation] | None = None
     status, message, failed_phase = "ok", "", None
     try:
-        probe = make_probe(cfg.device, cfg.memory.allocator, capacity_bytes=capacity)
+        probe = make_probe(cfg.device, cfg.memory.allocator, capacity_bytes=capacity) if measure_memory \
+            else _unmeasured_probe()
         workload = RLHFWorkload(cfg, probe)
         with _fake_mode(cfg.device == "fake"), probe:
             workload.setup()
             workload.run(None if on_iteration is None else lambda stats: on_iteration(stats, probe))
         # the report first: the evaluation's forwards must not count as the run's memory
-        memory = _report(probe)
+        memory = _report(probe) if measure_memory else None
         if cfg.device != "fake":
             workload.current_phase = "evaluation"
             evaluations = (workload.evaluate_initial(), workload.evaluate())
@@ -97,7 +100,7 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         status, message = "error", f"{type(exc).__name__}: {exc}"
         failed_phase = getattr(workload, "current_phase", None)
         log.exception("trial failed in %s", failed_phase or "setup")
-    result = _result(cfg, workload, memory or _report(probe), evaluations, status=status, message=message,
+    result = _result(cfg, workload, memory or (_report(probe) if measure_memory else None), evaluations, status=status, message=message,
                      failed_phase=failed_phase, wall_time_s=time.perf_counter() - start)
     if timeline is not None and probe is not None:
         _save_timeline(probe, timeline)
@@ -150,6 +153,30 @@ def versions(*, deepspeed: bool) -> dict[str, str]:
 
         found["deepspeed"] = ds.__version__
     return found
+
+
+def _unmeasured_probe() -> MemoryProbe:
+    """A probe that measures nothing: the phases, cache and offload calls of the workload are no-ops."""
+    from autotune.memory.probe import Counters, MemoryProbe
+
+    class Unmeasured(MemoryProbe):
+        backend = "cpu"
+
+        def track(self, *objs: object) -> None: ...
+        def empty_cache(self) -> None: ...
+        def to_host(self, *objs: object) -> None: ...
+        def to_device(self, *objs: object) -> None: ...
+        def _start(self) -> None: ...
+        def _stop(self) -> None: ...
+        def _reset_peaks(self) -> None: ...
+
+        def save_timeline(self, path: str | Path) -> Path:
+            return Path(path)
+
+        def _counters(self) -> Counters:
+            return Counters(allocated_bytes=0, reserved_bytes=0, peak_allocated_bytes=0, peak_reserved_bytes=0)
+
+    return Unmeasured()
 
 
 def _report(probe: MemoryProbe | None) -> MemoryReport | None:

@@ -69,6 +69,15 @@ def test_the_same_key_gives_an_identical_reward(baseline):
     assert again.to_dict() | {"wall_time_s": 0} == baseline.to_dict() | {"wall_time_s": 0}
 
 
+def test_a_reward_run_gets_the_reward_the_measured_trial_gets(baseline):
+    from autotune.rlhf.trial import run_trial
+
+    measured = run_trial(small())   # traced by the cpu backend's probe, which the reward run skips
+    assert measured.memory is not None
+    assert (measured.reward, measured.reward_se, measured.reward_curve) == \
+        (baseline.reward, baseline.reward_se, baseline.reward_curve)
+
+
 def test_the_reward_moves_and_has_a_standard_error(baseline):
     assert len(baseline.reward_curve) == 3
     assert baseline.reward != baseline.initial_reward
@@ -142,8 +151,9 @@ def test_map_layers_keeps_share_and_position():
 def test_default_proxy_runs_small_models_themselves():
     assert default_proxy("llama-tiny", cuda=False) is None
     assert default_proxy("llama-small", cuda=False) is None
-    assert default_proxy("llama-1b", cuda=False) == "llama-small"
-    assert default_proxy("opt-1.3b", cuda=False) == "llama-small"
+    assert default_proxy("smollm2-135m", cuda=False) is None
+    assert default_proxy("llama-1b", cuda=False) == "llama-tiny"
+    assert default_proxy("opt-1.3b", cuda=False) == "llama-tiny"
     assert default_proxy("llama-1b", cuda=True) is None
 
 
