@@ -8,8 +8,10 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 STUDY      ?= demo
 PYTEST_ARGS ?=
+GPU_CHECK_OUT ?= runs/gpu_check
+GPU_CHECK_ARGS ?=
 
-.PHONY: install test test-fast demo bench ui clean
+.PHONY: install test test-fast demo bench gpu-check ui clean
 
 install: $(STAMP)
 
@@ -35,6 +37,11 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks
+
+# Needs no `make install`: a GPU box has torch and transformers but no venv, and autotune runs from
+# source. On a CPU: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS="--device cpu --dry-run"
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 ui: install
 	$(VENV)/bin/autotune ui --study $(STUDY)
