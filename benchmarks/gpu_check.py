@@ -144,9 +144,9 @@ def trace_configs(settings: Settings, device: str) -> dict[str, TrialConfig]:
     return {"ppo": ppo, "grpo": ppo.replace(algorithm="grpo")}
 
 
-def paper_configs(settings: Settings, device: str) -> dict[str, TrialConfig]:
-    """Step 3's PPO trial under each variant."""
-    base = TrialConfig().replace(**{"model.actor": settings.paper_model, "model.dtype": settings.dtype,
+def paper_configs(settings: Settings, device: str, model: str | None = None) -> dict[str, TrialConfig]:
+    """Step 3's PPO trial under each variant (`model`: a saved copy of `settings.paper_model`)."""
+    base = TrialConfig().replace(**{"model.actor": model or settings.paper_model, "model.dtype": settings.dtype,
                                     "algorithm": "ppo", "device": device, **settings.paper_shape.overrides()})
     return {v.name: base.replace(**v.overrides()) for v in VARIANTS}
 
@@ -209,35 +209,50 @@ class Children:
                                   text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"status": "timeout", "message": f"{task} ran over {timeout_s:.0f} s"}
-        return _read_child(out_path, done.returncode, done.stderr)
+        return {**_read_child(out_path, done.returncode, done.stderr), "stderr_tail": _tail(done.stderr)}
 
-    def start(self, task: str, spec: dict[str, Any]) -> tuple[subprocess.Popen, Path]:
-        """Start a CPU-only task in the background (the plans); `collect` reads it."""
+    def start(self, task: str, spec: dict[str, Any]) -> Job:
+        """Start a CPU-only task in the background (plans, saving weights); `collect` reads it."""
         spec_path, out_path = self._paths(task)
         command = self._command(task, {**spec, "progress_path": str(out_path)}, spec_path, out_path)
-        log = (self.workdir / f"{task}.log").open("w")
+        log_path = self.workdir / f"{task}.log"
         env = self.env("")
-        env["CUDA_VISIBLE_DEVICES"] = ""     # the plan needs no GPU and must not hold a context there
-        return subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), out_path
+        env["CUDA_VISIBLE_DEVICES"] = ""     # it needs no GPU and must not hold a context there
+        with log_path.open("w") as log:      # the child keeps its own descriptor
+            process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return Job(task=task, process=process, out_path=out_path, log_path=log_path)
 
-    def collect(self, process: subprocess.Popen, out_path: Path) -> dict[str, Any]:
+    def collect(self, job: Job) -> dict[str, Any]:
         """Wait for a background task while the budget lasts; then take what it wrote so far."""
         try:
-            process.wait(timeout=max(self.clock.remaining_s(), 1.0))
+            job.process.wait(timeout=max(self.clock.remaining_s(), 1.0))
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            partial = _read_child(out_path, None, "")
-            return {**partial, "status": "timeout", "message": "time guard: the plans did not all finish"}
-        return _read_child(out_path, process.returncode, "")
+            job.process.kill()
+            job.process.wait()
+            partial = _read_child(job.out_path, None, "")
+            return {**partial, "status": "timeout", "message": f"time guard: {job.task} did not finish"}
+        return _read_child(job.out_path, job.process.returncode, job.log_path.read_text(errors="replace"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A background child: its task, process, result file and log."""
+
+    task: str
+    process: subprocess.Popen
+    out_path: Path
+    log_path: Path
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def _read_child(out_path: Path, returncode: int | None, stderr: str) -> dict[str, Any]:
     try:
         return json.loads(out_path.read_text())
     except (OSError, ValueError):
-        tail = "\n".join(stderr.strip().splitlines()[-5:])
-        return {"status": "error", "message": f"the subprocess wrote no result (exit code {returncode}): {tail}"}
+        return {"status": "error", "message": f"the subprocess wrote no result (exit code {returncode}): {_tail(stderr)}"}
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -257,13 +272,17 @@ def run_traces(children: Children, configs: dict[str, TrialConfig], out_dir: Pat
     return rows
 
 
-def run_paper(children: Children, configs: dict[str, TrialConfig]) -> list[dict[str, Any]]:
-    """Step 3: the four variants of the 1B PPO trial, each in its own process."""
-    rows = []
-    for name, cfg in configs.items():
-        logger.info("paper: %s (%s, %d iterations)", name, cfg.model.actor, cfg.workload.steps)
+def run_paper(children: Children, settings: Settings, device: str, weights: Job, saved: Path) -> list[dict[str, Any]]:
+    """Step 3: the four variants of the 1B PPO trial, each in its own process, from the saved weights."""
+    ok = children.collect(weights).get("status") == "ok"
+    if not ok:
+        logger.warning("paper: could not save %s's weights; each trial initialises its own", settings.paper_model)
+    rows: list[dict[str, Any]] = []
+    for name, cfg in paper_configs(settings, device, str(saved) if ok else None).items():
+        logger.info("paper: %s (%s, %d iterations)", name, settings.paper_model, cfg.workload.steps)
         trial = children.run("trial", {"config": cfg.to_dict()}, alloc_conf=cfg.memory.allocator.to_env_string())
-        rows.append({"name": name, "config": cfg.to_dict(), "trial": trial})
+        rows.append({"name": name, "model": settings.paper_model, "weights": "random, saved once" if ok else "random",
+                     "config": cfg.to_dict(), "trial": trial})
     return rows
 
 
@@ -286,31 +305,41 @@ def check_env() -> int:
 
 
 def run(settings: Settings, *, device: str, out_dir: Path, steps: Sequence[str]) -> dict[str, Any]:
-    """All steps within the settings' budget; returns the JSON document (also written to out_dir)."""
+    """All steps within the settings' budget; returns the JSON document (also written to out_dir).
+
+    Raises:
+        ConfigError: `device` is cuda but the context subprocess finds no CUDA.
+    """
     clock = Clock(settings.budget_s)
     nvidia_smi = _nvidia_smi()       # before any child: what the device holds without us
     out_dir.mkdir(parents=True, exist_ok=True)
-    traces, papers = trace_configs(settings, device), paper_configs(settings, device)
+    traces = trace_configs(settings, device)
+    papers = paper_configs(settings, device) if "paper" in steps else {}
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         children = Children(settings, clock, Path(tmp), device=device)
         context = children.run("context", {"dtype": settings.dtype})
         if device == "cuda" and context.get("status") == "ok" and not context.get("cuda_available"):
             raise ConfigError(f"--device cuda: CUDA is not available here (torch {context.get('torch')}); "
                               "run `--device cpu --dry-run` on a CPU")
-        plans_job = None
-        if "plan" in steps:
-            plan_configs = {**{f"trace:{k}": v for k, v in traces.items()},
-                            **({f"paper:{k}": v for k, v in papers.items()} if "paper" in steps else {})}
-            plans_job = children.start("plans", {"configs": {k: v.to_dict() for k, v in plan_configs.items()},
-                                                 "threads": 4 if device == "cuda" else 1})
+        # CPU-only work runs in the background while the GPU is busy with the steps below.
+        saved = Path(tmp) / "paper_model"
+        weights = children.start("save_model", {"model": settings.paper_model, "dtype": settings.dtype,
+                                                "path": str(saved)}) if papers else None
+        plans_job = children.start("plans", _plan_spec(traces, papers, device)) if "plan" in steps else None
         trace_rows = run_traces(children, traces, out_dir) if "traces" in steps else []
-        paper_rows = run_paper(children, papers) if "paper" in steps else []
-        plans = children.collect(*plans_job) if plans_job else {"status": "skipped", "plans": []}
+        paper_rows = run_paper(children, settings, device, weights, saved) if weights else []
+        plans = children.collect(plans_job) if plans_job else {"status": "skipped", "plans": []}
     document = report.assemble(
         schema=SCHEMA, settings=settings, device=device, steps=steps, context=context, traces=trace_rows,
         papers=paper_rows, plans=plans, wall_time_s=clock.elapsed_s(), nvidia_smi=nvidia_smi)
     report.write(document, out_dir)
     return document
+
+
+def _plan_spec(traces: dict[str, TrialConfig], papers: dict[str, TrialConfig], device: str) -> dict[str, Any]:
+    """The plans child's work: every config of steps 1 and 3, the small ones first."""
+    configs = {**{f"trace:{k}": v for k, v in traces.items()}, **{f"paper:{k}": v for k, v in papers.items()}}
+    return {"configs": {k: v.to_dict() for k, v in configs.items()}, "threads": 4 if device == "cuda" else 1}
 
 
 def _nvidia_smi() -> str | None:

@@ -7,8 +7,10 @@ puts the allocator settings in the environment and runs
     python -m benchmarks.gpu_check_child TASK SPEC.json RESULT.json
 
 where TASK is `trial` (one `run_trial`, optionally under `_record_memory_history`), `plans`
-(`plan_trial` for a list of configs: fake tensors, no GPU) or `context` (memory the CUDA context
-and libraries hold outside PyTorch's allocator). The result is one JSON object.
+(`plan_trial` for a list of configs: fake tensors, no GPU), `save_model` (a preset's random
+weights saved once, so that each trial process loads them instead of initialising them again)
+or `context` (memory the CUDA context and libraries hold outside PyTorch's allocator). The
+result is one JSON object.
 
 Only torch, transformers and autotune's own modules are imported: the GPU image has no optuna,
 mlflow or deepspeed (ZeRO stays at 0, which never imports DeepSpeed).
@@ -89,6 +91,20 @@ def task_plans(spec: dict[str, Any]) -> dict[str, Any]:
         if spec.get("progress_path"):   # the parent may have to stop this early: keep what is done
             Path(spec["progress_path"]).write_text(json.dumps({"status": "partial", "plans": plans}))
     return {"status": "ok", "plans": plans}
+
+
+def task_save_model(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build a preset's random weights once and save them as a Hugging Face folder.
+
+    Random init of a 1B model takes tens of seconds on the CPU (normal_ runs serially), and each
+    of step 3's four variants builds four such models in a process of its own; loading a saved
+    copy takes seconds. Runs in the background, without the GPU, while the traces are recorded.
+    """
+    from autotune.rlhf.models import build_policy
+
+    model = build_policy(spec["model"], dtype=spec["dtype"], seed=int(spec.get("seed", 0)))
+    model.save_pretrained(spec["path"])
+    return {"status": "ok", "path": spec["path"], "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def task_trial(spec: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +214,7 @@ def _memory_dict(report: Any) -> dict[str, Any] | None:
 
 
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "context": task_context, "plans": task_plans, "trial": task_trial,
+    "context": task_context, "plans": task_plans, "save_model": task_save_model, "trial": task_trial,
 }
 
 

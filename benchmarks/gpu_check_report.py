@@ -56,7 +56,8 @@ def paper_rows(papers: Sequence[dict[str, Any]], plans: dict[str, dict[str, Any]
         policy = entry["config"]["memory"]
         plan_peak = ((plans.get(f"paper:{entry['name']}") or {}).get("memory") or {}).get("peak_reserved_bytes")
         rows.append({
-            "name": entry["name"], "status": trial.get("status"), "message": trial.get("message", ""),
+            "name": entry["name"], "model": entry.get("model"), "weights": entry.get("weights"),
+            "status": trial.get("status"), "message": trial.get("message", ""),
             "empty_cache_after_generation": "generation" in policy["empty_cache_after"],
             "expandable_segments": policy["allocator"]["expandable_segments"],
             "peak_reserved_bytes": memory.get("peak_reserved_bytes"),
