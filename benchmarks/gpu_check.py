@@ -273,15 +273,22 @@ def run_traces(children: Children, configs: dict[str, TrialConfig], out_dir: Pat
 
 
 def run_paper(children: Children, settings: Settings, device: str, weights: Job, saved: Path) -> list[dict[str, Any]]:
-    """Step 3: the four variants of the 1B PPO trial, each in its own process, from the saved weights."""
-    ok = children.collect(weights).get("status") == "ok"
-    if not ok:
+    """Step 3: the four variants of the 1B PPO trial, each in its own process, from the saved weights.
+
+    The dry run saves the weights too (that code must work before GPU time is spent on it) but
+    builds the tiny preset in each trial: the `cpu` backend's tracer does not see weights that
+    `from_pretrained` memory-maps from safetensors, so a loaded model would look smaller there.
+    """
+    saved_ok = children.collect(weights).get("status") == "ok"
+    if not saved_ok:
         logger.warning("paper: could not save %s's weights; each trial initialises its own", settings.paper_model)
+    use_saved = saved_ok and device == "cuda"
     rows: list[dict[str, Any]] = []
-    for name, cfg in paper_configs(settings, device, str(saved) if ok else None).items():
+    for name, cfg in paper_configs(settings, device, str(saved) if use_saved else None).items():
         logger.info("paper: %s (%s, %d iterations)", name, settings.paper_model, cfg.workload.steps)
         trial = children.run("trial", {"config": cfg.to_dict()}, alloc_conf=cfg.memory.allocator.to_env_string())
-        rows.append({"name": name, "model": settings.paper_model, "weights": "random, saved once" if ok else "random",
+        rows.append({"name": name, "model": settings.paper_model, "weights_saved": saved_ok,
+                     "weights": "random, saved once and loaded" if use_saved else "random, built in the trial",
                      "config": cfg.to_dict(), "trial": trial})
     return rows
 

@@ -119,10 +119,11 @@ def task_trial(spec: dict[str, Any]) -> dict[str, Any]:
     iterations: list[dict[str, Any]] = []
 
     def on_iteration(stats: Any, probe: Any) -> None:
+        recorder.mark(probe)
         report = probe.report()
         iterations.append({
             "step": stats.step, "time_s": stats.time_s, "run_peak_reserved_bytes": report.peak_reserved_bytes,
-            "run_peak_allocated_bytes": report.peak_allocated_bytes, "event_index": recorder.mark(probe),
+            "run_peak_allocated_bytes": report.peak_allocated_bytes,
             # after the first iteration the report holds that iteration alone: what the plan predicts
             "phases": _memory_dict(report)["phases"] if stats.step == 0 else None,
         })
@@ -159,26 +160,28 @@ class _Recorder:
             torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python",
                                                      max_entries=MAX_HISTORY_EVENTS)
 
-    def mark(self, probe: Any) -> int | None:
-        """The index of the last event recorded so far (an iteration edge)."""
+    def mark(self, probe: Any) -> None:
+        """Note the index of the last event recorded so far: an iteration's end."""
         if self.path is None:
-            return None
+            return
         self._probe = probe
         if self.cfg.device == "cuda":
             import torch
 
             from benchmarks.gpu_check_trace import busiest_trace
 
-            return len(busiest_trace(torch.cuda.memory._snapshot())) - 1
-        self.marks.append(len(probe.trace()) - 1)
-        return None      # filled in by finish(), once the trace is turned into snapshot events
+            self.marks.append(len(busiest_trace(torch.cuda.memory._snapshot())) - 1)
+        else:       # an index into the storage trace, mapped to snapshot events by finish()
+            self.marks.append(len(probe.trace()) - 1)
 
     def finish(self) -> dict[str, Any] | None:
         if self.path is None:
             return None
         from benchmarks.gpu_check_trace import busiest_trace, save_snapshot, synthesize_snapshot
 
-        marks: list[int] | None = None
+        if self.cfg.device != "cuda" and self._probe is None:
+            return None      # the trial failed before its first iteration: nothing to synthesize
+        marks = self.marks
         if self.cfg.device == "cuda":
             import torch
 

@@ -57,6 +57,7 @@ def paper_rows(papers: Sequence[dict[str, Any]], plans: dict[str, dict[str, Any]
         plan_peak = ((plans.get(f"paper:{entry['name']}") or {}).get("memory") or {}).get("peak_reserved_bytes")
         rows.append({
             "name": entry["name"], "model": entry.get("model"), "weights": entry.get("weights"),
+            "weights_saved": entry.get("weights_saved"),
             "status": trial.get("status"), "message": trial.get("message", ""),
             "empty_cache_after_generation": "generation" in policy["empty_cache_after"],
             "expandable_segments": policy["allocator"]["expandable_segments"],

@@ -117,6 +117,45 @@ def test_snapshot_pickles_with_code_are_refused(tmp_path: Path) -> None:
         gt.load_snapshot(path)
 
 
+def test_cuda_recorder_marks_iterations_and_saves_the_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA side of the recorder, with torch's history functions stood in for (no GPU here)."""
+    from autotune.config import TrialConfig
+    from benchmarks import gpu_check_child as child
+
+    calls: list[dict] = []
+    events = [{"action": "segment_alloc", "addr": 0, "size": 2 * MiB, "stream": 0, "time_us": 0, "frames": ["x"]}]
+    monkeypatch.setattr("torch.cuda.memory._record_memory_history", lambda **kw: calls.append(kw))
+    monkeypatch.setattr("torch.cuda.memory._snapshot", lambda: {"device_traces": [list(events)], "segments": []})
+    recorder = child._Recorder(TrialConfig(device="cuda"), str(tmp_path / "t.pickle.gz"))
+    recorder.start()
+    for step in range(2):
+        events.append({"action": "alloc", "addr": step, "size": 512, "stream": 0, "time_us": step + 1})
+        recorder.mark(probe=None)
+    out = recorder.finish()
+
+    assert calls[0]["enabled"] == "all" and calls[0]["context"] is None and calls[-1]["enabled"] is None
+    assert out["iteration_event_index"] == [1, 2] and out["events"] == 3 and not out["synthetic"]
+    saved = gt.load_snapshot(tmp_path / "t.pickle.gz")
+    assert "frames" not in gt.busiest_trace(saved)[0]
+
+
+def test_saved_weights_load_as_policy_and_value_model(tmp_path: Path) -> None:
+    """Step 3 on the GPU loads every model from the folder the save_model task writes."""
+    import torch
+
+    from autotune.rlhf.models import build_policy, build_value_model
+    from benchmarks import gpu_check_child as child
+
+    out = child.task_save_model({"model": "llama-tiny", "dtype": "float32", "path": str(tmp_path / "m")})
+    assert out["status"] == "ok" and out["parameters"] > 0
+    preset = build_policy("llama-tiny")
+    loaded = build_policy(str(tmp_path / "m"))
+    for (name, a), (_, b) in zip(preset.named_parameters(), loaded.named_parameters()):
+        assert torch.equal(a, b), name          # the same seed: the same random weights
+    value = build_value_model(str(tmp_path / "m"))
+    assert torch.equal(value.backbone.embed_tokens.weight, preset.model.embed_tokens.weight)
+
+
 # -- report --------------------------------------------------------------------------------------
 def test_plan_errors_per_phase_against_the_target() -> None:
     real = [{"name": "generation", "peak_reserved_bytes": 100}, {"name": "experience", "peak_reserved_bytes": 200}]
@@ -278,6 +317,9 @@ def test_cpu_dry_run_writes_the_full_document(tmp_path: Path) -> None:
 
     rows = {r["name"]: r for r in doc["paper"]["rows"]}
     assert list(rows) == [v.name for v in gc.VARIANTS] and all(r["status"] == "ok" for r in rows.values())
+    assert all(r["weights_saved"] for r in rows.values())      # the GPU run's save step works
+    for name in ("paper:baseline", "paper:empty_cache"):        # the cpu and fake backends agree
+        assert abs(plan[name]["rel_error"]) < 0.02, plan[name]
     assert rows["baseline"]["reserved_vs_baseline"] == 1.0
     assert rows["empty_cache"]["empty_cache_after_generation"] and rows["expandable"]["expandable_segments"]
     for r in rows.values():
