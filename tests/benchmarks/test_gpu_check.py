@@ -24,6 +24,8 @@ from benchmarks import gpu_check_trace as gt
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
+# A real GPU run's gpu_check.json and snapshots, committed once a session with a GPU has run it.
+GPU_FIXTURES = REPO / "tests" / "data" / "gpu_check"
 # What the GPU image lacks (optuna, mlflow, deepspeed), and libraries it may lack that torch and
 # transformers do not need.
 BLOCKED = ("optuna", "mlflow", "deepspeed", "rich", "click", "matplotlib", "plotly")
@@ -333,3 +335,28 @@ def test_cpu_dry_run_writes_the_full_document(tmp_path: Path) -> None:
     assert all(s["outside_allocator_bytes"] is None for s in stages)    # no CUDA, no figures
     assert len(doc["context"]["after_trials"]) == 6
     assert doc["machine"]["cuda_available"] is False and doc["machine"]["torch"]
+
+
+def _recorded_traces() -> list[dict]:
+    path = GPU_FIXTURES / "gpu_check.json"
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    return [t for t in doc["traces"] if t.get("snapshot_file") and not t.get("synthetic")
+            and (GPU_FIXTURES / t["snapshot_file"]).is_file()]
+
+
+@pytest.mark.parametrize("recorded", _recorded_traces() or [None], ids=lambda t: t["name"] if t else "none")
+def test_real_gpu_traces_replay_to_the_real_reserved_bytes(recorded: dict | None) -> None:
+    """Real snapshots from `make gpu-check`, replayed on the CPU against what the GPU reserved."""
+    if recorded is None:
+        pytest.skip(f"no real GPU run committed under {GPU_FIXTURES.relative_to(REPO)} yet")
+    config = AllocatorConfig(**recorded["alloc_conf"])
+    trial = {"memory": {"peak_reserved_bytes": recorded["probe_peak_reserved_bytes"]},
+             "snapshot": {"iteration_event_index": recorded["iteration_event_index"]}}
+    out = gt.analyse_trace(GPU_FIXTURES / recorded["snapshot_file"], config, trial)
+
+    assert out["whole"]["exact"], out["whole"]
+    assert out["replay_snapshot"]["peak_reserved_bytes"] == recorded["probe_peak_reserved_bytes"]
+    midrun = out["midrun"]
+    assert midrun["replay_snapshot"]["peak_reserved_bytes"] == midrun["real_peak_reserved_bytes"]
