@@ -4,13 +4,15 @@ A GPU is lent only at times and briefly (today: one H200, ~15 minutes in all, at
 command, a bare machine with torch and transformers but no optuna, mlflow, deepspeed or venv). So
 this script needs nothing but torch, transformers and autotune's own modules, carried as source,
 and ends inside ~8 minutes (`--budget-s`, a time guard that skips what no longer fits). The one
-line a session passes to the device tool (timeout_s 590), from the repository root:
+line a session passes to the device tool, from the repository root:
 
     nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv && python3 -m benchmarks.gpu_check --check-env && python3 -m benchmarks.gpu_check --out "$OUT/gpu_check"
 
 The first two commands are the cheap check of what the image holds (GPU, driver, torch, CUDA,
-transformers, which optional libraries exist); the run starts only if they pass. Add `--quick`
-(shorter sequences, ~3 minutes) when less device time is left. `make gpu-check` runs the same
+transformers, which optional libraries exist); the run starts only if they pass. Give the device
+tool timeout_s 540 (the 450 s budget plus start-up and analysis), and hand the machine back after.
+Add `--quick` (shorter sequences, a 300 s budget) when less device time is left; use `python`
+instead of `python3` if that is the interpreter the image's torch belongs to. `make gpu-check` runs the same
 without `make install` (`make gpu-check GPU_CHECK_ARGS="--device cpu --dry-run"` on a CPU).
 
 What it does, each GPU measurement in a fresh subprocess (`benchmarks.gpu_check_child`), because
@@ -311,8 +313,9 @@ def check_env() -> int:
     return 0
 
 
-def run(settings: Settings, *, device: str, out_dir: Path, steps: Sequence[str]) -> dict[str, Any]:
-    """All steps within the settings' budget; returns the JSON document (also written to out_dir).
+def run(settings: Settings, *, device: str, out_dir: Path, steps: Sequence[str]) -> tuple[dict[str, Any], str]:
+    """All steps within the settings' budget; returns the JSON document (also written to out_dir)
+    and the summary table.
 
     Raises:
         ConfigError: `device` is cuda but the context subprocess finds no CUDA.
@@ -339,8 +342,7 @@ def run(settings: Settings, *, device: str, out_dir: Path, steps: Sequence[str])
     document = report.assemble(
         schema=SCHEMA, settings=settings, device=device, steps=steps, context=context, traces=trace_rows,
         papers=paper_rows, plans=plans, wall_time_s=clock.elapsed_s(), nvidia_smi=nvidia_smi)
-    report.write(document, out_dir)
-    return document
+    return document, report.write(document, out_dir)
 
 
 def _plan_spec(traces: dict[str, TrialConfig], papers: dict[str, TrialConfig], device: str) -> dict[str, Any]:
@@ -387,11 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = SETTINGS["dry" if args.dry_run else "quick" if args.quick else "full"]
         if args.budget_s is not None:
             settings = Settings(**{**vars(settings), "budget_s": args.budget_s})
-        document = run(settings, device=args.device, out_dir=args.out, steps=steps)
+        _, table = run(settings, device=args.device, out_dir=args.out, steps=steps)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report.summary(document))
+    print(table)
     return 0
 
 

@@ -167,13 +167,22 @@ def output_problems(out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return files, problems
 
 
-def write(document: dict[str, Any], out_dir: Path) -> None:
-    """Write summary.txt and gpu_check.json, listing the folder's files (and any problem) in the JSON."""
-    (out_dir / SUMMARY_NAME).write_text(summary(document) + "\n")
-    (out_dir / JSON_NAME).write_text("{}")      # so that the listing below sees it
-    document["files"], problems = output_problems(out_dir)
-    document["problems"] = problems
-    (out_dir / JSON_NAME).write_text(json.dumps(document, indent=1) + "\n")
+def write(document: dict[str, Any], out_dir: Path) -> str:
+    """Write gpu_check.json and summary.txt, listing the folder's files (and any problem) in the JSON.
+
+    The JSON goes first, and a failing table is written as its error: a bug in the summary must
+    not lose a GPU run's figures. Returns the summary text.
+    """
+    json_path = out_dir / JSON_NAME
+    json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    try:
+        text = summary(document)
+    except Exception as exc:  # noqa: BLE001 - see above; the JSON holds every figure anyway
+        text = f"the summary table failed ({type(exc).__name__}: {exc}); every figure is in {JSON_NAME}"
+    (out_dir / SUMMARY_NAME).write_text(text + "\n")
+    document["files"], document["problems"] = output_problems(out_dir)
+    json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    return text + "".join(f"\nproblems: {p}" for p in document["problems"])
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -202,7 +211,6 @@ def summary(doc: dict[str, Any]) -> str:
                     [[s.get("name", s.get("stage")), _mib(s.get("device_used_bytes")),
                       _mib(s.get("torch_reserved_bytes")), _mib(s.get("outside_allocator_bytes"))]
                      for s in [*doc["context"]["stages"], *doc["context"]["after_trials"]]])
-    lines += [f"problems: {p}" for p in doc["problems"]]
     return "\n".join(lines)
 
 

@@ -226,6 +226,23 @@ def test_time_guard_skips_a_step_without_starting_it(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_skipped_and_failed_steps_still_give_a_document_and_a_table(tmp_path: Path) -> None:
+    cfg = gc.trace_configs(gc.SETTINGS["dry"], "cpu")["ppo"]
+    skipped = {"status": "skipped", "message": "time guard: 3 s left of 450 s"}
+    doc = rep.assemble(
+        schema=gc.SCHEMA, settings=gc.SETTINGS["dry"], device="cuda", steps=gc.STEPS,
+        context={"status": "error", "message": "RuntimeError: no CUDA"},
+        traces=[{"name": "ppo", "model": "m", "algorithm": "ppo", "config": cfg.to_dict(), "trial": skipped}],
+        papers=[{"name": "baseline", "config": cfg.to_dict(), "trial": {"status": "timeout"}}],
+        plans={"status": "timeout", "plans": []}, wall_time_s=450.0, nvidia_smi=None)
+    table = rep.write(doc, tmp_path)
+
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["traces"][0]["status"] == "skipped" and saved["paper"]["rows"][0]["status"] == "timeout"
+    assert saved["plan"]["rows"][0]["within_target"] is False
+    assert "skipped" in table and "timeout" in table and (tmp_path / "summary.txt").read_text().strip() == table
+
+
 def test_variants_and_configs() -> None:
     configs = gc.paper_configs(gc.SETTINGS["full"], "cuda")
     assert list(configs) == ["baseline", "empty_cache", "expandable", "empty_cache+expandable"]
