@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, get_args
@@ -20,6 +21,15 @@ PHASES: tuple[str, ...] = get_args(Phase)
 Problems = Iterator[tuple[str, str]]
 
 _MiB = 1 << 20
+
+
+def _non_finite(record: object) -> Problems:
+    """Every float field of `record` that is NaN or infinite: each range check below would let NaN
+    through (every comparison with NaN is false), and an infinite size or rate is never meant."""
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            yield f.name, f"must be a finite number, got {value}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +55,7 @@ class ModelConfig:
         return self.reward or self.critic_name
 
     def problems(self) -> Problems:
+        yield from _non_finite(self)
         for key in ("actor", "critic", "reference", "reward"):
             if getattr(self, key) == "":
                 yield key, "must not be empty (use null for the default)"
@@ -75,6 +86,7 @@ class WorkloadConfig:
     seed: int = 0
 
     def problems(self) -> Problems:
+        yield from _non_finite(self)
         for key in ("batch_size", "group_size", "prompt_len", "gen_len", "steps", "ppo_epochs", "micro_batch"):
             value = getattr(self, key)
             if value < 1:
@@ -118,6 +130,7 @@ class PartitionSpec:
     norms_statefull: bool = True
 
     def problems(self) -> Problems:
+        yield from _non_finite(self)
         if not 0.0 <= self.density <= 1.0:
             yield "density", f"must be in [0, 1], got {self.density}"
         if self.update_gap < 1:
@@ -148,6 +161,7 @@ class OptimizerConfig:
     partition: PartitionSpec = field(default_factory=PartitionSpec)
 
     def problems(self) -> Problems:
+        yield from _non_finite(self)
         for key in ("beta1", "beta2"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
@@ -174,6 +188,7 @@ class AllocatorConfig:
     memory_fraction: float | None = None
 
     def problems(self) -> Problems:
+        yield from _non_finite(self)
         if self.max_split_size_mb is not None and self.max_split_size_mb <= 20:
             yield "max_split_size_mb", f"must be greater than 20 (PyTorch's minimum), got {self.max_split_size_mb}"
         if self.garbage_collection_threshold is not None and not 0.0 < self.garbage_collection_threshold < 1.0:
@@ -256,6 +271,7 @@ class MemoryConfig:
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
 
     def problems(self) -> Problems:
+        yield from _non_finite(self)
         if self.zero_stage not in (0, 1, 2, 3):
             yield "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}"
         if len(set(self.empty_cache_after)) != len(self.empty_cache_after):
@@ -280,6 +296,7 @@ class TrialConfig:
     device_memory_gb: float | None = None
 
     def problems(self) -> Problems:
+        yield from _non_finite(self)
         if self.device_memory_gb is not None and self.device_memory_gb <= 0:
             yield "device_memory_gb", f"must be positive, got {self.device_memory_gb}"
         if self.algorithm == "grpo" and "critic_train" in self.memory.empty_cache_after:

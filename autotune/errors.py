@@ -43,6 +43,10 @@ class StudyNotFoundError(AutotuneError):
     """No study of that name in the storage searched."""
 
 
+class StorageError(AutotuneError):
+    """A study's storage (--storage, runs/<study>/) cannot be used as it is: malformed, or not a study's."""
+
+
 class NoFeasibleTrialError(AutotuneError):
     """A study has no feasible completed trial to recommend or export."""
 

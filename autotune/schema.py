@@ -6,18 +6,115 @@ keyword-only dataclass. `from_dict` collects *every* problem with its key path b
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Iterator, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
 from autotune.errors import ConfigError
 
 T = TypeVar("T")
+_CHECK_VALUES = contextvars.ContextVar("autotune_schema_check_values", default=True)
+
+MAX_FILE_BYTES = 10 << 20          # a config, space or result file is a few KiB; refuse to parse a huge one
+MAX_YAML_ALIASES = 100             # anchors and aliases are rare in configs: no "billion laughs" expansion
+MAX_YAML_NODES = 100_000           # nodes after alias expansion
+_SHOW_CHARS = 80                   # longest value quoted in an error message
+
+
+def show(value: Any) -> str:
+    """`repr(value)` cut to a readable length, so an error message stays one short line."""
+    text = repr(value)
+    if len(text) <= _SHOW_CHARS:
+        return text
+    return f"{text[:_SHOW_CHARS]}... ({len(text)} characters)"
+
+
+def read_text(path: str | Path, *, what: str = "file") -> str:
+    """A UTF-8 text file's contents.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, over MAX_FILE_BYTES or not UTF-8 text.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{what} is {path.stat().st_size} bytes, over the {MAX_FILE_BYTES >> 20} MiB limit",
+                              source=str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror or exc}", source=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                          "save it as UTF-8", source=str(path)) from None
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs: too many aliases, or too many nodes once expanded."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Nodes under `node` with every alias expanded; raises past MAX_YAML_NODES or on a cycle."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise yaml.YAMLError("a recursive alias (a node that contains itself)")
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes) for k, v in node.value)
+    open_nodes.discard(key)
+    if size > MAX_YAML_NODES:
+        raise yaml.YAMLError(f"expands to more than {MAX_YAML_NODES} values (nested aliases?)")
+    sizes[key] = size
+    return size
+
+
+def load_yaml_text(path: str | Path, *, what: str = "file") -> Any:
+    """Parse a YAML file safely: UTF-8 only, size-capped, no alias bombs, no Python tags.
+
+    Raises:
+        ConfigError: naming the file and what is wrong with it.
+    """
+    text = read_text(path, what=what)
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {_cap(str(exc))}", source=str(path)) from None
+
+
+def _cap(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def to_dict(obj: Any) -> Any:
@@ -43,6 +140,20 @@ def from_dict(cls: type[T], data: Any, *, source: str | None = None) -> T:
     if problems:
         raise ConfigError(problems, source=source)
     return obj
+
+
+@contextlib.contextmanager
+def unchecked() -> Iterator[None]:
+    """Within: `from_dict` checks keys and types but skips each record's `problems()`.
+
+    For reading back a record known to be invalid (a sampled combination that could not run),
+    so that it is reported with its own values rather than replaced.
+    """
+    token = _CHECK_VALUES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_VALUES.reset(token)
 
 
 def validate(obj: Any) -> list[str]:
@@ -71,10 +182,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+    data = load_yaml_text(path)
     return from_dict(cls, data if data is not None else {}, source=str(path))
 
 
@@ -87,10 +195,11 @@ def dump_json(obj: Any, path: str | Path | None = None) -> str:
 
 def load_json(cls: type[T], path: str | Path) -> T:
     path = Path(path)
+    text = read_text(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read JSON: {exc}", source=str(path)) from None
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"cannot read JSON: {_cap(str(exc))}", source=str(path)) from None
     return from_dict(cls, data, source=str(path))
 
 
@@ -124,66 +233,102 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             out = _convert(arg, value, path, trial)
             if not trial:
                 return out
-        problems.append(f"{where}: expected {' or '.join(_type_name(a) for a in non_null)}, got {value!r}")
+        if len(non_null) == 1:   # `X | None`: X's own complaint says more than "expected X"
+            problems.extend(trial)
+            return None
+        problems.append(f"{where}: expected {' or '.join(_type_name(a) for a in non_null)}, got {show(value)}")
         return None
     if origin is Literal:
         if value not in get_args(tp):
-            problems.append(f"{where}: must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
+            problems.append(f"{where}: must be one of {', '.join(repr(a) for a in get_args(tp))}, got {show(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            problems.append(f"{where}: expected a list, got {value!r}")
+            problems.append(f"{where}: expected a list, got {show(value)}")
             return ()
         item_tp = get_args(tp)[0]
         return tuple(_convert(item_tp, v, f"{where}[{i}]", problems) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
+            problems.append(f"{where}: expected a mapping, got {show(value)}")
             return {}
         val_tp = get_args(tp)[1]
         return {str(k): _convert(val_tp, v, _join(path, str(k)), problems) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            problems.append(f"{where}: expected true or false, got {value!r}")
+            problems.append(f"{where}: expected true or false, got {show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{where}: expected an integer, got {value!r}")
+            problems.append(f"{where}: expected an integer, got {show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{where}: expected a number, got {value!r}")
+            problems.append(f"{where}: expected a number, got {show(value)}")
             return value
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:   # an int too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            problems.append(f"{where}: must be a finite number, got {show(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            problems.append(f"{where}: expected a string, got {value!r}")
+            problems.append(f"{where}: expected a string, got {show(value)}")
         return value
     raise TypeError(f"schema: unsupported field type {tp!r} at {where}")
 
 
 def _convert_dataclass(cls: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Build one record; a bad field is reported and replaced by its default, so the record's own
+    checks still run on the rest and every problem shows in one pass."""
     where = path or "(root)"
     if not isinstance(value, dict):
-        problems.append(f"{where}: expected a mapping, got {value!r}")
+        problems.append(f"{where}: expected a mapping, got {show(value)}")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in value:
         if key not in fields:
-            problems.append(f"{_join(path, str(key))}: unknown key (valid keys: {', '.join(fields)})")
-    before = len(problems)
-    kwargs = {}
+            problems.append(f"{_join(path, _cap(str(key), _SHOW_CHARS))}: unknown key (valid keys: {', '.join(fields)})")
+    kwargs, bad, missing = {}, set(), False
     for name, f in fields.items():
         if name in value:
-            kwargs[name] = _convert(hints[name], value[name], _join(path, name), problems)
+            before = len(problems)
+            converted = _convert(hints[name], value[name], _join(path, name), problems)
+            if len(problems) == before:
+                kwargs[name] = converted
+            elif dataclasses.is_dataclass(hints[name]) and converted is not None:
+                kwargs[name] = converted      # a nested record with bad fields, at their defaults
+                bad.update(_bad_paths(name, problems[before:], path))
+            else:
+                bad.add(name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(f"{_join(path, name)}: missing required key")
-    if len(problems) > before:
+            missing = True
+    if missing:
         return None
     obj = cls(**kwargs)
-    problems.extend(_own_problems(obj, path))
+    if _CHECK_VALUES.get():
+        problems.extend(p for p in _own_problems(obj, path) if not _mentions(p, bad, path))
     return obj
+
+
+def _bad_paths(name: str, found: list[str], path: str) -> set[str]:
+    """The failing keys under field `name`, relative to the record at `path`."""
+    prefix = _join(path, "")
+    out = {name}
+    for problem in found:
+        key = problem.split(":", 1)[0].split(" ", 1)[0]
+        out.add(key[len(prefix):] if prefix and key.startswith(prefix) else key)
+    return out
+
+
+def _mentions(problem: str, bad: set[str], path: str) -> bool:
+    """A record check that reads a field which failed conversion (and so holds its default) would mislead."""
+    relative = problem[len(_join(path, "")):] if path else problem
+    return any(re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", relative) for key in bad)
 
 
 def _own_problems(obj: Any, path: str) -> list[str]:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
+from autotune import owner
 from autotune.config import flatten
 from autotune.errors import ConfigError, TrackingError
 from autotune.pareto_plot import write_pareto_figures
@@ -34,6 +36,7 @@ TAG_STATUS = "status"
 TAG_REASON = "advisor_reason"
 TAG_RECOMMENDED = "recommended"
 TAG_PARENT = "mlflow.parentRunId"         # what makes the MLflow UI nest a run under another
+TAG_OWNER = "autotune.owner"              # the process that holds a parent run open (autotune.owner)
 # Opens the experiment in the UI's "Model training" view (runs table, charts) rather than the GenAI one.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 TRIAL_FILES = ("trial.yaml", "result.json", "timeline.png")
@@ -41,6 +44,7 @@ TRIAL_FILES = ("trial.yaml", "result.json", "timeline.png")
 _RUN_STATUS = {"ok": "FINISHED", "prescreened": "KILLED"}
 _MAX_PARAMS_PER_BATCH = 100               # MLflow's log_batch limit
 _HEALTH_TIMEOUT_S = 3.0
+_MLFLOW_TABLES = {"experiments", "runs", "tags"}
 
 T = TypeVar("T")
 
@@ -104,7 +108,7 @@ def _tracking_errors() -> tuple[type[BaseException], ...]:
     import requests
     from mlflow.exceptions import MlflowException
 
-    return (MlflowException, OSError, requests.RequestException)
+    return (MlflowException, OSError, requests.RequestException, TrackingError)
 
 
 def _never_raises(method: Callable[..., T]) -> Callable[..., T | None]:
@@ -120,7 +124,7 @@ def _never_raises(method: Callable[..., T]) -> Callable[..., T | None]:
         except _tracking_errors() as exc:
             self.down = True
             logger.warning("MLflow tracking at %s failed (%s); the study goes on without it. Log the missing "
-                           "trials later with `autotune sync --study %s`.", self.tracking_uri, exc, self.study_name)
+                           "trials later with `%s`.", self.tracking_uri, exc, self.sync_command())
             logger.debug("tracking failure", exc_info=True)
             return None
 
@@ -146,10 +150,16 @@ class StudyTracker:
         self._parent_id: str | None = None
         self._owns_parent = False
 
+    def sync_command(self) -> str:
+        """The `autotune sync` line that logs this study's missing trials into this same store."""
+        return " ".join(["autotune sync", "--study", shlex.quote(self.study_name),
+                         "--storage", shlex.quote(self.storage_url), "--tracking-uri", shlex.quote(self.tracking_uri)])
+
     # -- public API: never raises (except sync) ------------------------------------------------
     @_never_raises
     def start_search(self, settings: dict[str, object]) -> None:
-        """Open this search's parent run with the study settings as params."""
+        """Open this search's parent run with the study settings as params (ending dead ones first)."""
+        self.end_dead_parents()
         self._parent_id = self._create_parent("search", settings)
         self._owns_parent = True
 
@@ -176,11 +186,28 @@ class StudyTracker:
             self._tag_recommended(parent, recommendation)
 
     @_never_raises
-    def close(self) -> None:
-        """End the parent run this tracker started."""
+    def close(self, status: str = "FINISHED") -> None:
+        """End the parent run this tracker started, as `status` (FINISHED, KILLED or FAILED)."""
         if self._owns_parent and self._parent_id is not None:
-            self._connect().set_terminated(self._parent_id, "FINISHED")
+            self._connect().set_terminated(self._parent_id, status)
             self._owns_parent = False
+
+    def end_dead_parents(self) -> int:
+        """Mark KILLED the study's parent runs still RUNNING whose process is gone (kill -9, a crash).
+
+        A run with no owner tag predates the tag, and counts as gone; an owner on another host is
+        left alone (it may be a live worker). Returns how many runs were ended.
+        """
+        client = self._connect()
+        ended = 0
+        for run in self._search(f"tags.`{TAG_KIND}` = 'search' AND attributes.status = 'RUNNING'"):
+            holder = run.data.tags.get(TAG_OWNER)
+            if holder is None or owner.is_dead(holder):
+                client.set_terminated(run.info.run_id, "KILLED")
+                ended += 1
+        if ended:
+            logger.info("ended %d parent run(s) of %s left RUNNING by a dead search", ended, self.study_name)
+        return ended
 
     def sync(self, records: list[TrialRecord], trials_root: Path | None) -> int:
         """Log the trials that MLflow does not have yet; return how many were added.
@@ -193,6 +220,7 @@ class StudyTracker:
             TrackingError: the tracking server or store cannot be reached.
         """
         try:
+            self.end_dead_parents()
             logged = self.logged_trial_numbers()
             missing = [r for r in records if r.number not in logged]
             if missing:
@@ -240,7 +268,9 @@ class StudyTracker:
             from mlflow import MlflowClient
 
             if self.tracking_uri.startswith("sqlite:///"):
-                Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                path = Path(self.tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+                _check_mlflow_file(path, self.tracking_uri)
+                path.parent.mkdir(parents=True, exist_ok=True)
             elif self.tracking_uri.startswith(("http://", "https://")):
                 _check_reachable(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -249,12 +279,14 @@ class StudyTracker:
     def _search(self, condition: str, *, order_by: list[str] | None = None, limit: int | None = None) -> list[Any]:
         """Runs of this study matching `condition`, every page of them (or the first `limit`)."""
         client = self._connect()
-        where = f"tags.`{TAG_STUDY}` = '{_quote(self.study_name)}' AND {condition}"
+        literal = _quote(self.study_name)
+        where = f"tags.`{TAG_STUDY}` = {literal} AND {condition}" if literal is not None else condition
         runs, token = [], None
         while True:
             page = client.search_runs([self.experiment_id], where, max_results=limit or 1000,
                                       order_by=order_by, page_token=token)
-            runs.extend(page)
+            # the filter may have left the name out (see _quote); the tag decides
+            runs.extend(run for run in page if run.data.tags.get(TAG_STUDY) == self.study_name)
             token = page.token
             if not token or (limit is not None and len(runs) >= limit):
                 return runs
@@ -272,7 +304,8 @@ class StudyTracker:
 
     def _create_parent(self, name: str, settings: dict[str, object]) -> str:
         client = self._connect()
-        tags = {TAG_STUDY: self.study_name, TAG_STORAGE: self.storage_url, TAG_KIND: "search"}
+        tags = {TAG_STUDY: self.study_name, TAG_STORAGE: self.storage_url, TAG_KIND: "search",
+                TAG_OWNER: owner.this_process()}
         run = client.create_run(self.experiment_id, tags=tags, run_name=f"{self.study_name}-{name}")
         _log_params(client, run.info.run_id, flatten(settings) if settings else {})
         return run.info.run_id
@@ -344,8 +377,45 @@ def _check_reachable(uri: str) -> None:
     requests.get(uri.rstrip("/") + "/health", timeout=_HEALTH_TIMEOUT_S)
 
 
-def _quote(value: str) -> str:
-    return value.replace("'", "\\'")
+def _quote(value: str) -> str | None:
+    """`value` as a string literal of MLflow's filter syntax, or None where it has none.
+
+    MLflow strips the outer quotes of a literal and does not unescape inside, so `'it\\'s'` is
+    compared as `it\\'s`. A value with a single quote goes in double quotes; one with both kinds,
+    or a backslash (which could escape the closing quote), cannot be written, and the caller
+    filters on the tag itself.
+    """
+    if "\\" in value:
+        return None
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def _check_mlflow_file(path: Path, uri: str) -> None:
+    """Refuse a SQLite file that holds something other than an MLflow store (e.g. an optuna.db).
+
+    Raises:
+        TrackingError: naming the file and what it holds.
+    """
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return   # MLflow creates its tables in a new or empty file; nothing to lose
+    try:
+        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=60)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise TrackingError(f"--tracking-uri {uri}: {path} is not a SQLite database ({exc})") from None
+    if tables and not _MLFLOW_TABLES <= tables:
+        raise TrackingError(f"--tracking-uri {uri}: {path} is not an MLflow store (it holds "
+                            f"{', '.join(sorted(tables)[:5])}); autotune will not add MLflow's tables to it. "
+                            "Pass the MLflow store, e.g. sqlite:///runs/mlflow.db")
 
 
 def ui_argv(tracking_uri: str, *, port: int = 5000) -> list[str]:

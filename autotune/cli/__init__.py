@@ -6,18 +6,23 @@ mlflow or deepspeed inside its body, so `autotune --help` stays fast. `sys.exit`
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 
 import click
 
 from autotune import __version__
 from autotune.errors import AutotuneError
 
+_debug = os.environ.get("AUTOTUNE_DEBUG") == "1"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="autotune")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(verbose: int, debug: bool) -> None:
     """Find the memory configuration for RLHF fine-tuning of a language model.
 
     \b
@@ -27,6 +32,8 @@ def cli(verbose: int) -> None:
       autotune pareto --study NAME                      # the memory/reward front
       autotune export --study NAME --format deepspeed   # carry the winner to your training stack
     """
+    global _debug
+    _debug = _debug or debug
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -43,7 +50,7 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: an AutotuneError is a message and exit code 1, never a traceback."""
+    """Console entry point: an error is one line and exit code 1, never a traceback (unless --debug)."""
     try:
         cli.main(args=argv, prog_name="autotune", standalone_mode=False)
     except click.exceptions.Abort:
@@ -52,9 +59,24 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except AutotuneError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place every error becomes a message
+        _report(exc)
+        sys.exit(1)
+
+
+def _report(exc: Exception) -> None:
+    """An AutotuneError says what to do; an OSError names the file; anything else is a bug."""
+    if _debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, AutotuneError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+    else:
+        message = f"internal error, {type(exc).__name__}: {exc}"
+    hint = "" if _debug or isinstance(exc, AutotuneError) else " (rerun with --debug for the traceback)"
+    click.secho(f"error: {message}{hint}", fg="red", err=True)

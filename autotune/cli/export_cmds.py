@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from autotune.cli.checks import writable_dir, writable_file
 from autotune.export import FORMATS
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ def export(study: str | None, storage: str | None, config_path: Path | None, fmt
         raise click.UsageError("give exactly one of --study or --config")
     cfg = TrialConfig.load(config_path) if config_path is not None else _study_config(study, storage)
     output = export_config(cfg, fmt)
+    if out is not None:   # every file checked before the first is written
+        writable_dir(out, "--out")
+        for name in output.files:
+            writable_file(out / name, "--out")
     for warning in output.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     if out is not None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from autotune.cli.checks import FiniteFloat, default_study_name, writable_dir
 from autotune.errors import ConfigError
 from autotune.tuner.recommend import POLICIES
-from autotune.tuner.study import SAMPLERS
+from autotune.tuner.study import MAX_SEED, SAMPLERS
 
 _DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
@@ -38,20 +39,20 @@ def _quiet_optuna() -> None:
               show_default="search_spaces/default.yaml", help="Search-space YAML file.")
 @click.option("--trials", "n_trials", type=click.IntRange(min=1), default=12, show_default=True,
               help="Trials with a result the study should hold when this command ends (all workers together).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", "timeout_s", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Stop starting new trials after this many seconds.")
-@click.option("--trial-timeout", "trial_timeout_s", type=click.FloatRange(min=0, min_open=True), default=1800.0,
+@click.option("--trial-timeout", "trial_timeout_s", type=FiniteFloat(min=0, min_open=True), default=1800.0,
               show_default=True, help="End one trial after this many seconds; it is recorded as a timeout.")
-@click.option("--budget-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
               help="GPU memory budget (GiB); default: the space's budget_gb.")
 @click.option("--study", default=None, help="Study name; default: the model name.")
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
 @click.option("--gpus", default=None, help="GPU indices for parallel trials, e.g. 0,1,2,3; default: the CPU.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
-@click.option("--seed", type=int, default=None, help="Sampler seed.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Sampler seed.")
 @click.option("--policy", type=click.Choice(POLICIES), default="max-reward", show_default=True)
-@click.option("--min-reward-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.98, show_default=True)
+@click.option("--min-reward-ratio", type=FiniteFloat(0, 1, min_open=True), default=0.98, show_default=True)
 @click.option("--prescreen/--no-prescreen", default=True, show_default=True,
               help="Predict each GPU trial's peak with `autotune plan` and skip configs over the budget.")
 @click.option("--advisor/--no-advisor", default=True, show_default=True, help="Queue targeted follow-up configs.")
@@ -68,6 +69,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     """Search FRUGAL partitions x memory interventions with an Optuna study; recommend one config.
 
     Re-running the same command resumes the study; other machines join it with the same --storage.
+    Ctrl-C or SIGTERM ends the running trial and re-queues it; the same command then resumes.
     """
     from autotune.tuner.controller import SearchSettings, run_search
     from autotune.tuner.launcher import TRIAL_COMMAND, Launcher
@@ -75,7 +77,11 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     from autotune.tuner.recommend import summary
     from autotune.tuner.space import load_space
 
+    from autotune.tuner.study import study_dir
+
     _quiet_optuna()
+    study = study or default_study_name(model)
+    writable_dir(study_dir(study), "--study")    # outputs go there: fail now, not after the last trial
     space = load_space(space_path).rebase({"model.actor": model})
     if not gpus and space.base.device == "cuda":
         # no GPUs listed: trials run on the CPU, with the budget as the simulated device size
@@ -84,7 +90,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     launcher = Launcher(trial_command=tuple(shlex.split(trial_command)) if trial_command else TRIAL_COMMAND,
                         timeout_s=trial_timeout_s, timeline=timeline)
     settings = SearchSettings(
-        study=study or model.replace("/", "_"), space=space, n_trials=n_trials, storage=storage, timeout_s=timeout_s,
+        study=study, space=space, n_trials=n_trials, storage=storage, timeout_s=timeout_s,
         budget_gb=budget_gb, gpus=_gpus(gpus), sampler=sampler, seed=seed, prescreen=prescreen, advisor=advisor,
         launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
         policy=policy, min_reward_ratio=min_reward_ratio)
@@ -104,7 +110,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
 @click.option("--log", "log_to_mlflow", is_flag=True, help="Also log the front to MLflow.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (with --log).")
-@click.option("--budget-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Budget for marking the recommendation; default: the study's.")
 def pareto(study: str, storage: str | None, log_to_mlflow: bool, tracking_uri: str | None,
            budget_gb: float | None) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
+from autotune.cli.checks import writable_file
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError
 
@@ -42,13 +43,19 @@ class TrialExit(click.ClickException):
               help="Also save the memory timeline as a PNG.")
 def trial(config_path: Path, out: Path, timeline: Path | None) -> None:
     """Run one RLHF trial and write its TrialResult JSON (exit 0 ok, 3 OOM, 1 error)."""
+    from autotune.tuner.launcher import watch_controller
+
+    watch_controller()   # started by a search: end with it
     cfg = TrialConfig.load(config_path)
+    writable_file(out, "--out")   # before the trial runs, not after
+    if timeline is not None:
+        writable_file(timeline, "--timeline")
     # Before torch is imported: the CUDA caching allocator reads its settings once, at start-up.
-    from autotune.rlhf.trial import apply_allocator_env, run_trial, write_result
+    from autotune.rlhf.trial import apply_allocator_env, run_trial
 
     apply_allocator_env(cfg)
     result = run_trial(cfg, timeline=timeline, on_iteration=_progress_line(cfg.workload.steps))
-    write_result(result, out)
+    _save(result, out)
     _finish(result)
 
 
@@ -61,18 +68,36 @@ def trial(config_path: Path, out: Path, timeline: Path | None) -> None:
               help="Also write the TrialResult JSON here.")
 def plan(model: str | None, config_path: Path | None, algorithm: str | None, out: Path | None) -> None:
     """Predict per-phase GPU memory of one RLHF iteration at full size, with fake tensors on the CPU."""
+    from autotune.tuner.launcher import watch_controller
+
+    watch_controller()   # started by a search: end with it
     if model is None and config_path is None:
         raise ConfigError("give --model or --config")
+    if out is not None:
+        writable_file(out, "--out")
     cfg = TrialConfig.load(config_path) if config_path is not None else TrialConfig()
     overrides = {key: value for key, value in (("model.actor", model), ("algorithm", algorithm)) if value is not None}
     cfg = cfg.replace(**overrides)
-    from autotune.rlhf.trial import plan_trial, write_result
+    from autotune.rlhf.trial import plan_trial
 
     result = plan_trial(cfg)
-    _print_plan(cfg, result)
+    if result.status != "error":   # a failed plan has no figures: its table would be all zeros
+        _print_plan(cfg, result)
     if out is not None:
-        write_result(result, out)
+        _save(result, out)
     _finish(result)
+
+
+def _save(result: TrialResult, out: Path) -> None:
+    """Write the result JSON; if that fails after all, print it, so a finished trial is never lost."""
+    from autotune import schema
+    from autotune.rlhf.trial import write_result
+
+    try:
+        write_result(result, out)
+    except OSError as exc:
+        click.echo(schema.dump_json(result))
+        raise ConfigError(f"--out: cannot write {out} ({exc.strerror or exc}); the result is printed above") from None
 
 
 def _finish(result: TrialResult) -> None:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from autotune import schema
 from autotune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def read_prompts(path: str) -> list[str]:
     if not file.is_file():
         raise ConfigError(f"prompts file {path!r} does not exist")
     prompts, problems = [], []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(schema.read_text(file, what="prompts file").splitlines(), start=1):
         if not line.strip():
             continue
         try:

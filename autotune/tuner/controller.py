@@ -11,8 +11,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
+import signal
 import threading
 import time
 import warnings
@@ -20,21 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from autotune import owner, schema
 from autotune.config import MemoryConfig, TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
 from autotune.tuner import advisor, study as studies
-from autotune.tuner.launcher import Launcher, prescreen, run_trial
+from autotune.tuner.launcher import Launcher, end_all, prescreen, run_trial
 from autotune.tuner.recommend import Recommendation, recommend, write_outputs
 from autotune.tuner.scoring import score
-from autotune.tuner.space import SearchSpace, apply_params, params_for, suggest
+from autotune.tuner.space import SearchSpace, apply_params, distributions, params_for, suggest
 
 log = logging.getLogger(__name__)
 
 USER_ATTR_SURPLUS = "autotune.surplus"    # claimed after the study was full; never ran
 USER_ATTR_CANCELLED = "autotune.cancelled"
 USER_ATTR_INVALID = "autotune.invalid"    # the sampled combination failed validation; why
+USER_ATTR_OWNER = "autotune.owner"        # the controller running the trial: see autotune.owner
 _WAIT_S = 0.5
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_KILL_WAIT_S = 15.0     # how long an interrupted run waits for its workers to end their trials
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,13 +97,20 @@ def with_budget(space: SearchSpace, budget_gb: float | None) -> SearchSpace:
 
 
 def _check_models(base: TrialConfig) -> None:
-    """Fail before any study or trial exists when a model is neither a preset nor a local folder;
-    otherwise every trial would start, fail the same way, and leave an empty study behind."""
+    """Fail before any study or trial exists when a model is neither a preset nor a local folder, or
+    the task or prompts file is unusable; otherwise every trial would start, fail the same way, and
+    leave an empty study behind."""
     from autotune.rlhf.models import resolve_model  # imports transformers: once per search, not per trial
+    from autotune.rlhf.tasks import TASKS, read_prompts
 
     for name in dict.fromkeys((base.model.actor, base.model.critic_name, base.model.reference_name,
                                base.model.reward_name)):
         resolve_model(name)
+    if base.workload.task not in TASKS:
+        raise ConfigError(f"workload.task: unknown task {schema.show(base.workload.task)}; "
+                          f"choose one of {', '.join(TASKS)}")
+    if base.workload.prompts_file is not None:
+        read_prompts(base.workload.prompts_file)
 
 
 class Controller:
@@ -111,12 +124,13 @@ class Controller:
             constraint.limit(self.budget_gb)
         self.space = with_budget(settings.space, self.budget_gb)
         self.storage_url = settings.storage or studies.default_storage(settings.study)
+        sampler = studies.make_sampler(settings.sampler, settings.seed)   # a bad seed fails before any file exists
         self.storage = studies.open_storage(self.storage_url, heartbeat_interval_s=settings.heartbeat_interval_s,
                                             grace_period_s=settings.grace_period_s)
         self.study = studies.open_study(
             settings.study, self.storage, directions=self.space.directions,
-            objectives=[o.metric for o in self.space.objectives],
-            sampler=studies.make_sampler(settings.sampler, settings.seed), budget_gb=self.budget_gb)
+            objectives=[o.metric for o in self.space.objectives], sampler=sampler, budget_gb=self.budget_gb,
+            distributions=distributions(self.space))
         self.trials_dir = studies.study_dir(settings.study) / "trials"
         self.cancel = threading.Event()
         self.lock = threading.Lock()       # one ask/tell at a time keeps the surplus check exact per process
@@ -129,35 +143,69 @@ class Controller:
         self._errors: list[BaseException] = []
         self._outputs: tuple[Path | None, Path | None] = (None, None)
         self._deadline = None if settings.timeout_s is None else time.monotonic() + settings.timeout_s
+        self._signals: list[int] = []
+        self._busy = 0                     # workers still running
+        self._all_done = threading.Event()
+        self._grace_s = settings.grace_period_s or 2 * settings.heartbeat_interval_s
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
         """Run workers until the study holds `n_trials` results; recommend; write the outputs.
 
-        Ctrl-C ends the running trials, re-queues their configs and re-raises KeyboardInterrupt,
-        leaving the study consistent, so the same command resumes it.
+        Ctrl-C (SIGINT) or SIGTERM ends the running trials, re-queues their configs and raises
+        KeyboardInterrupt, leaving the study consistent, so the same command resumes it. The
+        signals only set a flag: the main thread waits on an Event rather than in Thread.join,
+        whose interruption on Python 3.11 can make a live thread look finished.
         """
         self._enqueue_baseline()
         if self.tracker is not None:
             self.tracker.start_search(self._tracking_settings())
         workers = [threading.Thread(target=self._worker, args=(gpu,), name=f"trial-worker-{gpu or 'cpu'}", daemon=True)
                    for gpu in (self.settings.gpus or (None,))]
+        self._busy = len(workers)
         try:
-            for w in workers:
-                w.start()
-            for w in workers:
-                while w.is_alive():
-                    w.join(timeout=_WAIT_S)
+            with self._stop_on_signals():
+                for w in workers:
+                    w.start()
+                while not self._all_done.wait(_WAIT_S):
+                    pass
         except BaseException:
+            # a KeyboardInterrupt where no handler could be installed (not the main thread)
             self.cancel.set()
-            for w in workers:
-                w.join()
-            self._close(None)
+            self._all_done.wait(_KILL_WAIT_S)
+            self._close(None, "KILLED")
             raise
+        finally:
+            end_all()   # whatever state the workers are in, no trial outlives this call
+        if self._signals:
+            self._close(None, "KILLED")
+            raise KeyboardInterrupt
         if self._errors:
-            self._close(None)
+            self._close(None, "FAILED")
             raise self._errors[0]
         return self._finish()
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM set `cancel` (a second one kills the trials at once); main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            self._signals.append(signum)
+            if len(self._signals) == 1:
+                log.warning("%s: ending the running trials (again to kill them now)", signal.Signals(signum).name)
+                self.cancel.set()
+            else:
+                end_all()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _worker(self, gpu: str | None) -> None:
         try:
@@ -172,6 +220,11 @@ class Controller:
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
             self._errors.append(exc)
             self.cancel.set()
+        finally:
+            with self.lock:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._all_done.set()
 
     def _claim(self) -> Any:
         """The next trial to run, "wait" while others finish the last ones, or None when done."""
@@ -186,6 +239,7 @@ class Controller:
             warnings.simplefilter("ignore", ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
             fail_stale_trials(self.study)
+            self._fail_orphans()
             trials = self.study.get_trials(deepcopy=False)
             done = sum(USER_ATTR_RESULT in t.user_attrs for t in trials if t.state.is_finished())
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -195,6 +249,10 @@ class Controller:
                 return "wait"
             self._enqueue_next_proposal(trials)
             trial = self.study.ask()
+            # owned and beating from the first moment, so a controller that dies now leaves a trial
+            # the next run recognises as orphaned (see _fail_orphans)
+            trial.set_user_attr(USER_ATTR_OWNER, owner.this_process())
+            self.storage.record_heartbeat(trial._trial_id)
             if self._claims_before(trial.number) >= n:
                 self._release(trial, USER_ATTR_SURPLUS, requeue=True)
                 return "wait"
@@ -202,6 +260,30 @@ class Controller:
                 self._release(trial, USER_ATTR_SURPLUS, requeue=False)
                 return "wait"
             return trial
+
+    def _fail_orphans(self) -> None:
+        """Fail, and re-queue, RUNNING trials that no live controller runs.
+
+        Optuna's heartbeat only sees trials that beat at least once; a controller killed between
+        ask() and its first beat left a trial RUNNING forever, and every later run waited for it.
+        A trial is orphaned when its owner ran on this host and has exited, or when it has no owner
+        and is older than the heartbeat grace period.
+        """
+        from optuna.trial import TrialState
+
+        now = datetime.datetime.now()
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            holder = trial.user_attrs.get(USER_ATTR_OWNER)
+            if holder is not None:
+                orphaned = owner.is_dead(str(holder))
+            else:
+                started = trial.datetime_start or now
+                orphaned = (now - started).total_seconds() > self._grace_s
+            if orphaned and self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                log.warning("trial %d: its controller (%s) is gone; failed and re-queued", trial.number, holder)
+                callback = self.storage.get_failed_trial_callback()
+                if callback is not None:
+                    callback(self.study, self.storage.get_trial(trial._trial_id))
 
     def _duplicate_baseline(self, trial: Any) -> bool:
         """Two workers starting one study at once both queue a baseline; the first one counts."""
@@ -226,8 +308,14 @@ class Controller:
         trial.set_user_attr(USER_ATTR_REASON, reason)
         trial_dir = self.trials_dir / str(trial.number)
         # Optuna has no public trial id; the storage's heartbeat API is keyed by it
-        with _heartbeat(self.storage, trial._trial_id, self.settings.heartbeat_interval_s):
-            result, subprocess_s = self._execute(trial, config, trial_dir, gpu)
+        try:
+            with _heartbeat(self.storage, trial._trial_id, self.settings.heartbeat_interval_s):
+                result, subprocess_s = self._execute(trial, config, trial_dir, gpu)
+        except BaseException:
+            # e.g. runs/<study>/trials turned read-only: back to the queue, not RUNNING forever
+            with self.lock:
+                self._release(trial, USER_ATTR_CANCELLED, requeue=True)
+            raise
         if result is None:       # cancelled: the config goes back to the queue for the resumed run
             with self.lock:
                 self._release(trial, USER_ATTR_CANCELLED, requeue=True)
@@ -241,13 +329,14 @@ class Controller:
         params = suggest(trial, self.space)
         stored = trial.user_attrs.get(USER_ATTR_CONFIG)
         if stored is not None:
-            return TrialConfig.from_dict(stored), trial.user_attrs.get(USER_ATTR_REASON)
+            with schema.unchecked() if USER_ATTR_INVALID in trial.user_attrs else contextlib.nullcontext():
+                return TrialConfig.from_dict(stored), trial.user_attrs.get(USER_ATTR_REASON)
         try:
             config = apply_params(self.space, params)
         except ConfigError as exc:
-            # An invalid combination (e.g. optimizer offload with ZeRO 0) cannot be built; it is
-            # recorded against the base config, as infeasible, with the reason, so the sampler learns.
-            config = self.space.base
+            # An invalid combination (e.g. optimizer offload with ZeRO 0) cannot run; it is recorded
+            # as infeasible, with its own values and the reason, so the sampler and MLflow see what it was.
+            config = apply_params(self.space, params, check=False)
             trial.set_user_attr(USER_ATTR_INVALID, str(exc))
         trial.set_user_attr(USER_ATTR_CONFIG, config.to_dict())
         return config, None
@@ -350,17 +439,18 @@ class Controller:
             log.warning("no recommendation: %s", exc)
         if recommendation is not None:
             self._outputs = write_outputs(recommendation, records, studies.study_dir(self.settings.study))
-        self._close(recommendation, records)
+        self._close(recommendation, records=records)
         return SearchOutcome(records=tuple(records), recommendation=recommendation, trials_run=len(self._timings),
                              trial_wall_s=sum(t for t, _ in self._timings),
                              subprocess_s=sum(s for _, s in self._timings))
 
-    def _close(self, recommendation: Recommendation | None, records: list[TrialRecord] | None = None) -> None:
+    def _close(self, recommendation: Recommendation | None, status: str = "FINISHED",
+               records: list[TrialRecord] | None = None) -> None:
         if self.tracker is None:
             return
         if records is not None:
             self.tracker.finish_search(records, recommendation, *self._outputs)
-        self.tracker.close()
+        self.tracker.close(status)
 
     def _tracking_settings(self) -> dict[str, object]:
         s = self.settings

@@ -4,6 +4,11 @@ A trial gets its own process so that an OOM or a crash cannot take the controlle
 that `PYTORCH_CUDA_ALLOC_CONF` and `CUDA_VISIBLE_DEVICES` are in place before CUDA initialises.
 Whatever happens, the caller gets a TrialResult: a timeout, a crash without a result file and an
 OOM are each a status with a message, never an exception.
+
+No trial outlives its controller. Each runs in its own process group, which the controller ends on
+every way out (done, timeout, cancel, Ctrl-C, an exception: `end_all`). A controller killed with
+SIGKILL cannot do that, so the trial side watches it: `watch_controller()`, which `autotune trial`
+and `autotune plan` call first, ends the trial's group once its controller is gone.
 """
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ TRIAL_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "trial")
 PLAN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "plan")
 _KILL_GRACE_S = 5.0
 _POLL_S = 0.02   # how often a waiting controller checks for Ctrl-C; small next to any trial
+CONTROLLER_PID_ENV = "AUTOTUNE_CONTROLLER_PID"   # tells a trial whom to watch
+_WATCH_S = 0.25
+_live_groups: set[int] = set()   # process groups of this controller's running trials and plans
+_live_lock = threading.Lock()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +60,7 @@ class Launched:
 def trial_env(config: TrialConfig, gpu: str | None) -> dict[str, str]:
     """The child's environment: one GPU (or none) and this trial's allocator settings."""
     env = dict(os.environ)
+    env[CONTROLLER_PID_ENV] = str(os.getpid())
     env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else ""
     alloc = config.memory.allocator.to_env_string()
     if alloc:
@@ -135,12 +145,18 @@ _CANCELLED = -(1 << 16)   # not an exit code any process can return
 
 def _run(argv: list[str], log_path: Path, env: dict[str, str], timeout_s: float | None,
          cancel: threading.Event | None = None) -> int | None:
-    """Run `argv` in its own process group: its exit code, None on timeout, _CANCELLED on cancel."""
+    """Run `argv` in its own process group: its exit code, None on timeout, _CANCELLED on cancel.
+
+    The group is ended on every way out, also after a normal exit (a grandchild the trial left
+    behind would skew the next trial's memory).
+    """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with open(log_path, "wb") as log_file:
         # A new session keeps Ctrl-C at the terminal from reaching the child half-way; the
         # controller ends it itself, so the study records what really happened.
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with _live_lock:
+            _live_groups.add(proc.pid)
         try:
             while True:
                 try:
@@ -153,23 +169,79 @@ def _run(argv: list[str], log_path: Path, env: dict[str, str], timeout_s: float 
                 if deadline is not None and time.monotonic() > deadline:
                     _kill(proc)
                     return None
-        except BaseException:
+        finally:
             _kill(proc)
-            raise
+            with _live_lock:
+                _live_groups.discard(proc.pid)
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """SIGTERM the child's process group, then SIGKILL whatever outlives the grace period."""
+    """SIGTERM the child's process group, then SIGKILL whatever outlives the grace period.
+
+    After the child itself has exited, anything left in its group is killed at once.
+    """
+    if proc.poll() is not None:
+        _signal_group(proc.pid, signal.SIGKILL)
+        return
     for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        if not _signal_group(proc.pid, sig):
             return
         try:
             proc.wait(timeout=wait_s)
+            _signal_group(proc.pid, signal.SIGKILL)   # the leader went; take its group with it
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to a process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # the pgid was reused by someone else's process
+        return False
+    return True
+
+
+def end_all(sig: int = signal.SIGKILL) -> int:
+    """Signal the process group of every trial and plan this process is running; how many.
+
+    The controller's last resort on its way out (Ctrl-C, SIGTERM, an exception): nothing it
+    started may keep running, whatever state its worker threads are in.
+    """
+    with _live_lock:
+        groups = sorted(_live_groups)
+    return sum(_signal_group(pgid, sig) for pgid in groups)
+
+
+def watch_controller() -> None:
+    """In a trial process: end this trial's process group once the controller that started it is gone.
+
+    The launcher names the controller in $AUTOTUNE_CONTROLLER_PID. A daemon thread checks every
+    quarter second whether this process's parent changed (the controller, or a launcher such as
+    torchrun between them, died) or the controller exited; then it SIGKILLs the group the launcher
+    made (or only this process, outside one). Does nothing when not started by a controller.
+    """
+    from autotune.owner import pid_alive
+
+    raw = os.environ.get(CONTROLLER_PID_ENV, "")
+    if not raw.isdigit():
+        return
+    controller, parent = int(raw), os.getppid()
+    # The launcher's group is the session it made; never signal a group we were not started in.
+    own_group = os.getpgrp() == os.getsid(0)
+
+    def watch() -> None:
+        while os.getppid() == parent and pid_alive(controller):
+            time.sleep(_WATCH_S)
+        log.warning("the controller (pid %d) is gone; ending this trial", controller)
+        if own_group:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="watch-controller", daemon=True).start()
 
 
 def _read_result(config: TrialConfig, path: Path, code: int, log_path: Path, elapsed: float) -> TrialResult:

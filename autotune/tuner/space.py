@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
-
-import yaml
 
 from autotune import schema
 from autotune.config import TrialConfig, flatten
@@ -35,6 +34,8 @@ Kind = Literal["categorical", "int", "float", "fixed"]
 Direction = Literal["minimize", "maximize"]
 _CONSTRAINT = re.compile(r"^\s*([\w.]+)\s*<=\s*(\S+)\s*$")
 _TOP_KEYS = ("base", "budget_gb", "dimensions", "objectives", "constraints")
+# Metrics every trial that ran measures above zero: a constraint `<= 0` (or below) on them holds for no trial.
+_POSITIVE_METRICS = ("_gb", "step_time_s", "wall_time_s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,10 +111,7 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such search space file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+    data = schema.load_yaml_text(path, what="search space") or {}
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping at the top level", source=str(path))
     return parse_space(data, source=str(path))
@@ -121,14 +119,15 @@ def load_space(path: str | Path) -> SearchSpace:
 
 def parse_space(data: dict, *, source: str = "<space>") -> SearchSpace:
     """Build a SearchSpace from plain data, collecting every problem into one ConfigError."""
-    problems = [f"{k}: unknown key (valid keys: {', '.join(_TOP_KEYS)})" for k in data if k not in _TOP_KEYS]
+    problems = [f"{schema.show(k)}: unknown key (valid keys: {', '.join(_TOP_KEYS)})" for k in data if k not in _TOP_KEYS]
     base = _parse_base(data.get("base") or {}, problems)
-    dims = _parse_dimensions(data.get("dimensions") or {}, base, problems) if base else ()
+    # a broken base still lets every dimension be checked (against the defaults), all in one pass
+    dims = _parse_dimensions(data.get("dimensions") or {}, base or TrialConfig(), problems)
     objectives = _parse_objectives(data.get("objectives"), problems)
     constraints = _parse_constraints(data.get("constraints") or [], problems)
     budget = data.get("budget_gb")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-        problems.append(f"budget_gb: must be a positive number, got {budget!r}")
+    if budget is not None and not _positive_number(budget):
+        problems.append(f"budget_gb: must be a positive, finite number, got {schema.show(budget)}")
     if problems:
         raise ConfigError(problems, source=source)
     fixed = {d.name: d.value for d in dims if not d.searched}
@@ -142,7 +141,7 @@ def parse_space(data: dict, *, source: str = "<space>") -> SearchSpace:
 
 def _parse_base(raw: object, problems: list[str]) -> TrialConfig | None:
     if not isinstance(raw, dict):
-        problems.append(f"base: expected a mapping (a partial TrialConfig), got {raw!r}")
+        problems.append(f"base: expected a mapping (a partial TrialConfig), got {schema.show(raw)}")
         return None
     try:
         return TrialConfig.from_dict(raw)
@@ -153,10 +152,14 @@ def _parse_base(raw: object, problems: list[str]) -> TrialConfig | None:
 
 def _parse_dimensions(raw: object, base: TrialConfig, problems: list[str]) -> tuple[Dimension, ...]:
     if not isinstance(raw, dict):
-        problems.append(f"dimensions: expected a mapping of dotted TrialConfig paths, got {raw!r}")
+        problems.append(f"dimensions: expected a mapping of dotted TrialConfig paths, got {schema.show(raw)}")
+        return ()
+    if not raw:
+        problems.append("dimensions: nothing to search; list at least one TrialConfig path with choices or a range")
         return ()
     paths = set(flatten(base))
     dims = []
+    before = len(problems)
     for name, spec in raw.items():
         where = f"dimensions.{name}"
         name = str(name)
@@ -166,6 +169,9 @@ def _parse_dimensions(raw: object, base: TrialConfig, problems: list[str]) -> tu
         dim = _parse_dimension(name, spec, where, problems)
         if dim is not None and _check_values(dim, base, where, problems):
             dims.append(dim)
+    if len(problems) == before and not any(d.searched for d in dims):
+        problems.append("dimensions: every dimension is fixed, so there is nothing to search; "
+                        "give at least one a list of choices or a range")
     return tuple(dims)
 
 
@@ -181,10 +187,13 @@ def _parse_dimension(name: str, spec: object, where: str, problems: list[str]) -
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
-            problems.append(f"{where}.choices: must be a non-empty list, got {choices!r}")
+            problems.append(f"{where}.choices: must be a non-empty list, got {schema.show(choices)}")
             return None
         if any(isinstance(c, (list, dict)) for c in choices):
             problems.append(f"{where}.choices: choices must be scalars (search a tuple one member at a time)")
+            return None
+        if any(isinstance(c, float) and not math.isfinite(c) for c in choices):
+            problems.append(f"{where}.choices: every choice must be finite, got {schema.show(choices)}")
             return None
         return Dimension(name=name, kind="categorical", choices=tuple(choices))
     return _parse_range(name, spec, where, problems)
@@ -192,22 +201,44 @@ def _parse_dimension(name: str, spec: object, where: str, problems: list[str]) -
 
 def _parse_range(name: str, spec: dict, where: str, problems: list[str]) -> Dimension | None:
     low, high = spec.get("low"), spec.get("high")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        problems.append(f"{where}: a range needs numeric low and high, got low={low!r} high={high!r}")
+    if not all(_finite_number(v) for v in (low, high)):
+        problems.append(f"{where}: a range needs finite numeric low and high, "
+                        f"got low={schema.show(low)} high={schema.show(high)}")
         return None
     kind = spec.get("type", "int" if isinstance(low, int) and isinstance(high, int) else "float")
-    log_scale, step = bool(spec.get("log", False)), spec.get("step")
+    log_scale, step = spec.get("log", False), spec.get("step")
+    problem = _range_problem(kind, low, high, log_scale, step)
+    if problem is not None:
+        problems.append(f"{where}{problem}")
+        return None
+    return Dimension(name=name, kind=kind, low=low, high=high, log=log_scale, step=step)
+
+
+def _range_problem(kind: object, low: float, high: float, log_scale: object, step: object) -> str | None:
+    """Why a range cannot be sampled (Optuna would crash on it mid-study), or None."""
     if kind not in ("int", "float"):
-        problems.append(f"{where}.type: must be int or float, got {kind!r}")
-    elif low >= high:
-        problems.append(f"{where}: low ({low}) must be below high ({high})")
-    elif log_scale and low <= 0:
-        problems.append(f"{where}: a log range needs low > 0, got {low}")
-    elif log_scale and step is not None:
-        problems.append(f"{where}: log and step cannot be combined")
-    else:
-        return Dimension(name=name, kind=kind, low=low, high=high, log=log_scale, step=step)
+        return f".type: must be int or float, got {schema.show(kind)}"
+    if not isinstance(log_scale, bool):
+        return f".log: must be true or false, got {schema.show(log_scale)}"
+    if low >= high:
+        return f": low ({low}) must be below high ({high})"
+    if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+        return f": an int range needs integer low and high, got low={low} high={high}"
+    if log_scale and low <= 0:
+        return f": a log range needs low > 0, got {low}"
+    if log_scale and step is not None:
+        return ": log and step cannot be combined"
+    if step is not None and not (_positive_number(step) and (kind == "float" or isinstance(step, int))):
+        return f".step: must be a positive {'integer' if kind == 'int' else 'number'}, got {schema.show(step)}"
     return None
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_number(value: object) -> bool:
+    return _finite_number(value) and value > 0  # type: ignore[operator]
 
 
 def _check_values(dim: Dimension, base: TrialConfig, where: str, problems: list[str]) -> bool:
@@ -220,35 +251,39 @@ def _check_values(dim: Dimension, base: TrialConfig, where: str, problems: list[
     if _member_of(dim.name) is not None:
         bad = [v for v in values if not isinstance(v, bool)]
         for value in bad:
-            problems.append(f"{where}: a tuple-member dimension takes true/false, got {value!r}")
+            problems.append(f"{where}: a tuple-member dimension takes true/false, got {schema.show(value)}")
         return not bad
     *parents, leaf = dim.name.split(".")
     owner: Any = base
     for key in parents:
         owner = getattr(owner, key)
+    ok = True
     for value in values:
         data = {**schema.to_dict(owner), leaf: value}
         try:
             schema.from_dict(type(owner), data)
         except ConfigError as exc:
-            problems.extend(f"{where}: value {value!r} is invalid: {p}" for p in exc.problems)
-            return False
-    return True
+            problems.extend(f"{where}: value {schema.show(value)} is invalid: {p}" for p in exc.problems)
+            ok = False
+    return ok
 
 
 def _parse_objectives(raw: object, problems: list[str]) -> tuple[Objective, ...]:
     if not isinstance(raw, list) or not raw:
         problems.append("objectives: must be a non-empty list of {metric, direction}")
         return ()
-    out = []
+    out: list[Objective] = []
     for i, item in enumerate(raw):
         where = f"objectives[{i}]"
         if not isinstance(item, dict) or set(item) != {"metric", "direction"}:
-            problems.append(f"{where}: expected {{metric: NAME, direction: minimize|maximize}}, got {item!r}")
-        elif item["metric"] not in METRICS:
-            problems.append(f"{where}.metric: unknown metric {item['metric']!r} (known: {', '.join(METRICS)})")
+            problems.append(f"{where}: expected {{metric: NAME, direction: minimize|maximize}}, got {schema.show(item)}")
+        elif not isinstance(item["metric"], str) or item["metric"] not in METRICS:
+            problems.append(f"{where}.metric: unknown metric {schema.show(item['metric'])} (known: {', '.join(METRICS)})")
         elif item["direction"] not in ("minimize", "maximize"):
-            problems.append(f"{where}.direction: must be minimize or maximize, got {item['direction']!r}")
+            problems.append(f"{where}.direction: must be minimize or maximize, got {schema.show(item['direction'])}")
+        elif any(o.metric == item["metric"] for o in out):
+            # Optuna would get the same value twice, and the scorer would mark every trial failed
+            problems.append(f"{where}.metric: {item['metric']!r} is already an objective; list each metric once")
         else:
             out.append(Objective(metric=item["metric"], direction=item["direction"]))
     return tuple(out)
@@ -256,26 +291,42 @@ def _parse_objectives(raw: object, problems: list[str]) -> tuple[Objective, ...]
 
 def _parse_constraints(raw: object, problems: list[str]) -> tuple[Constraint, ...]:
     if not isinstance(raw, list):
-        problems.append(f"constraints: expected a list of 'metric <= bound' strings, got {raw!r}")
+        problems.append(f"constraints: expected a list of 'metric <= bound' strings, got {schema.show(raw)}")
         return ()
     out = []
     for i, item in enumerate(raw):
         where = f"constraints[{i}]"
         match = _CONSTRAINT.match(item) if isinstance(item, str) else None
         if match is None:
-            problems.append(f"{where}: expected 'metric <= NUMBER' or 'metric <= budget', got {item!r}")
+            problems.append(f"{where}: expected 'metric <= NUMBER' or 'metric <= budget', got {schema.show(item)}")
             continue
         metric, bound = match.groups()
         if metric not in METRICS:
-            problems.append(f"{where}: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+            problems.append(f"{where}: unknown metric {schema.show(metric)} (known: {', '.join(METRICS)})")
         elif bound == "budget":
             out.append(Constraint(metric=metric, bound=None))
         else:
-            try:
+            problem = _bound_problem(metric, bound)
+            if problem is None:
                 out.append(Constraint(metric=metric, bound=float(bound)))
-            except ValueError:
-                problems.append(f"{where}: bound must be a number or 'budget', got {bound!r}")
+            else:
+                problems.append(f"{where}: {problem}")
     return tuple(out)
+
+
+def _bound_problem(metric: str, bound: str) -> str | None:
+    """Why `metric <= bound` is not a usable constraint (not a number, or met by no trial), or None."""
+    try:
+        value = float(bound)
+    except ValueError:
+        return f"bound must be a number or 'budget', got {schema.show(bound)}"
+    if not math.isfinite(value):
+        return f"bound must be a finite number, got {bound}"
+    if metric.endswith(_POSITIVE_METRICS) and value <= 0:
+        return f"no trial can meet {metric} <= {bound}: {metric} is always positive; raise the bound"
+    if metric != "reward_gain" and value < 0:
+        return f"no trial can meet {metric} <= {bound}: {metric} is never negative; raise the bound"
+    return None
 
 
 # -- tuple members -------------------------------------------------------------------------------
@@ -338,13 +389,35 @@ def _apply(base: TrialConfig, params: dict[str, object]) -> TrialConfig:
     return base.replace(**overrides) if overrides else base
 
 
-def apply_params(space: SearchSpace, params: dict[str, object]) -> TrialConfig:
+def apply_params(space: SearchSpace, params: dict[str, object], *, check: bool = True) -> TrialConfig:
     """The TrialConfig for a set of dimension values (a subset is fine: the rest stay at base).
+
+    Args:
+        check: False builds the config even when a cross-field rule fails (to record an invalid
+            sampled combination as what it was); types are still checked.
 
     Raises:
         ConfigError: when a value is invalid for its path.
     """
-    return _apply(space.base, params)
+    if check:
+        return _apply(space.base, params)
+    with schema.unchecked():
+        return _apply(space.base, params)
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    """The Optuna distribution `suggest` asks for, per searched dimension."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for dim in space.searched:
+        if dim.kind == "categorical":
+            out[dim.name] = CategoricalDistribution(list(dim.choices))
+        elif dim.kind == "int":
+            out[dim.name] = IntDistribution(int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+        else:
+            out[dim.name] = FloatDistribution(dim.low, dim.high, step=dim.step, log=dim.log)
+    return out
 
 
 def suggest(trial: Any, space: SearchSpace) -> dict[str, object]:

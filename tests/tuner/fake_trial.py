@@ -19,6 +19,7 @@ from pathlib import Path
 from autotune.config import TrialConfig
 from autotune.memory.report import MemoryReport, PhaseMemory
 from autotune.result import TrialResult
+from autotune.tuner.launcher import watch_controller
 
 MiB = 1 << 20
 
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--timeline")
     args = parser.parse_args()
+    watch_controller()   # like `autotune trial`: end with the controller that started it
     cfg = TrialConfig.load(args.config)
     number = Path(args.config).parent.name
     script = dict(item.split(":") for item in filter(None, os.environ.get("FAKE_TRIAL_SCRIPT", "").split(",")))
