@@ -106,9 +106,11 @@ def trial_tags(study_name: str, record: TrialRecord) -> dict[str, str]:
 
 def _tracking_errors() -> tuple[type[BaseException], ...]:
     import requests
+    import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
-    return (MlflowException, OSError, requests.RequestException, TrackingError)
+    # SQLAlchemy's: a store MLflow itself cannot open (e.g. a half-migrated one)
+    return (MlflowException, OSError, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, TrackingError)
 
 
 def _never_raises(method: Callable[..., T]) -> Callable[..., T | None]:
@@ -271,6 +273,7 @@ class StudyTracker:
                 path = Path(self.tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
                 _check_mlflow_file(path, self.tracking_uri)
                 path.parent.mkdir(parents=True, exist_ok=True)
+                _create_store(path)
             elif self.tracking_uri.startswith(("http://", "https://")):
                 _check_reachable(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -392,6 +395,30 @@ def _quote(value: str) -> str | None:
     if '"' not in value:
         return f'"{value}"'
     return None
+
+
+def _create_store(path: Path) -> None:
+    """Create a new SQLite MLflow store whole or not at all.
+
+    MLflow builds its tables in many steps; a process killed half-way left a store that MLflow
+    itself then refuses ("index ... already exists"). So a new store is built in a side file and
+    linked into place, which fails harmlessly when another worker got there first.
+    """
+    from mlflow import MlflowClient
+
+    if path.exists() and path.stat().st_size > 0:
+        return
+    side = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{side}").search_experiments(max_results=1)
+        if path.exists():   # an empty file: nothing to lose
+            os.replace(side, path)
+        else:
+            os.link(side, path)
+    except FileExistsError:
+        pass
+    finally:
+        side.unlink(missing_ok=True)
 
 
 def _check_mlflow_file(path: Path, uri: str) -> None:

@@ -24,6 +24,19 @@ def _gpus(text: str | None) -> tuple[str, ...]:
     return gpus
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends a search the way Ctrl-C does: cleanly, resumable.
+
+    The controller installs its own handlers while trials run; this one covers start-up and the end.
+    """
+    import signal
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _quiet_optuna() -> None:
     """Optuna logs every study and trial at INFO on its own handler; autotune's -v decides instead."""
     import logging
@@ -79,6 +92,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
 
     from autotune.tuner.study import study_dir
 
+    _terminate_as_interrupt()
     _quiet_optuna()
     study = study or default_study_name(model)
     writable_dir(study_dir(study), "--study")    # outputs go there: fail now, not after the last trial

@@ -125,12 +125,13 @@ class Controller:
         self.space = with_budget(settings.space, self.budget_gb)
         self.storage_url = settings.storage or studies.default_storage(settings.study)
         sampler = studies.make_sampler(settings.sampler, settings.seed)   # a bad seed fails before any file exists
-        self.storage = studies.open_storage(self.storage_url, heartbeat_interval_s=settings.heartbeat_interval_s,
-                                            grace_period_s=settings.grace_period_s)
-        self.study = studies.open_study(
-            settings.study, self.storage, directions=self.space.directions,
-            objectives=[o.metric for o in self.space.objectives], sampler=sampler, budget_gb=self.budget_gb,
-            distributions=distributions(self.space))
+        with _deferred_signals():   # Optuna creates its tables in steps: a Ctrl-C waits until they all exist
+            self.storage = studies.open_storage(self.storage_url, heartbeat_interval_s=settings.heartbeat_interval_s,
+                                                grace_period_s=settings.grace_period_s)
+            self.study = studies.open_study(
+                settings.study, self.storage, directions=self.space.directions,
+                objectives=[o.metric for o in self.space.objectives], sampler=sampler, budget_gb=self.budget_gb,
+                distributions=distributions(self.space))
         self.trials_dir = studies.study_dir(settings.study) / "trials"
         self.cancel = threading.Event()
         self.lock = threading.Lock()       # one ask/tell at a time keeps the surplus check exact per process
@@ -154,21 +155,24 @@ class Controller:
 
         Ctrl-C (SIGINT) or SIGTERM ends the running trials, re-queues their configs and raises
         KeyboardInterrupt, leaving the study consistent, so the same command resumes it. The
-        signals only set a flag: the main thread waits on an Event rather than in Thread.join,
-        whose interruption on Python 3.11 can make a live thread look finished.
+        signals only set a flag (so no write to the study or MLflow is cut half-way), and the main
+        thread waits on an Event rather than in Thread.join, whose interruption on Python 3.11 can
+        make a live thread look finished.
         """
-        self._enqueue_baseline()
-        if self.tracker is not None:
-            self.tracker.start_search(self._tracking_settings())
         workers = [threading.Thread(target=self._worker, args=(gpu,), name=f"trial-worker-{gpu or 'cpu'}", daemon=True)
                    for gpu in (self.settings.gpus or (None,))]
         self._busy = len(workers)
         try:
-            with self._stop_on_signals():
+            with _signals_to_flag(self._on_signal):
+                self._enqueue_baseline()
+                if self.tracker is not None:
+                    self.tracker.start_search(self._tracking_settings())
                 for w in workers:
                     w.start()
                 while not self._all_done.wait(_WAIT_S):
                     pass
+                if not self._signals and not self._errors:
+                    return self._finish()
         except BaseException:
             # a KeyboardInterrupt where no handler could be installed (not the main thread)
             self.cancel.set()
@@ -180,32 +184,17 @@ class Controller:
         if self._signals:
             self._close(None, "KILLED")
             raise KeyboardInterrupt
-        if self._errors:
-            self._close(None, "FAILED")
-            raise self._errors[0]
-        return self._finish()
+        self._close(None, "FAILED")
+        raise self._errors[0]
 
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM set `cancel` (a second one kills the trials at once); main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            self._signals.append(signum)
-            if len(self._signals) == 1:
-                log.warning("%s: ending the running trials (again to kill them now)", signal.Signals(signum).name)
-                self.cancel.set()
-            else:
-                end_all()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def _on_signal(self, signum: int) -> None:
+        """The first SIGINT or SIGTERM ends the running trials gently; a second kills them now."""
+        self._signals.append(signum)
+        if len(self._signals) == 1:
+            log.warning("%s: ending the running trials (again to kill them now)", signal.Signals(signum).name)
+            self.cancel.set()
+        else:
+            end_all()
 
     def _worker(self, gpu: str | None) -> None:
         try:
@@ -457,6 +446,30 @@ class Controller:
         return {"study": s.study, "space": self.space.source, "n_trials": s.n_trials, "sampler": s.sampler,
                 "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(s.gpus) or "cpu",
                 "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url}
+
+
+@contextlib.contextmanager
+def _signals_to_flag(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Within: SIGINT and SIGTERM call `on_signal(signum)` instead of raising; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: on_signal(signum)) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """Within: a SIGINT or SIGTERM waits, and is raised as KeyboardInterrupt once the block is done."""
+    caught: list[int] = []
+    with _signals_to_flag(caught.append):
+        yield
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -128,14 +128,21 @@ def _check_sqlite_file(path: Path, url: str) -> None:
     deadline = time.monotonic() + _NEW_FILE_S
     while True:
         tables = _sqlite_tables(path, url)
-        if _OPTUNA_TABLES <= tables:
-            return
+        if _OPTUNA_TABLES <= tables or (tables and tables <= _optuna_schema()):
+            return   # a study, or the start of one whose creator was killed half-way: Optuna completes it
         if tables or time.time() - path.stat().st_mtime > _NEW_FILE_S or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     what = f"holds other tables ({', '.join(sorted(tables)[:5])})" if tables else "is empty (a truncated file?)"
     raise StorageError(f"storage {url}: {path} exists but is not an Optuna study database: it {what}. "
                        "autotune will not overwrite it; restore it from a backup, or move it away to start afresh")
+
+
+def _optuna_schema() -> set[str]:
+    """Every table an Optuna RDB storage may hold."""
+    from optuna.storages._rdb import models
+
+    return set(models.BaseModel.metadata.tables) | {"alembic_version"}
 
 
 def _sqlite_tables(path: Path, url: str) -> set[str]:
