@@ -316,13 +316,13 @@ def _convert_dataclass(cls: Any, value: Any, path: str, problems: list[str]) -> 
 
 
 def _bad_paths(name: str, found: list[str], path: str) -> set[str]:
-    """The failing keys under field `name`, relative to the record at `path`."""
+    """The failing keys under field `name` (list indices dropped), relative to the record at `path`."""
     prefix = _join(path, "")
-    out = {name}
+    out = set()
     for problem in found:
-        key = problem.split(":", 1)[0].split(" ", 1)[0]
+        key = re.sub(r"\[\d+\]", "", problem.split(":", 1)[0].split(" ", 1)[0])
         out.add(key[len(prefix):] if prefix and key.startswith(prefix) else key)
-    return out
+    return out or {name}
 
 
 def _mentions(problem: str, bad: set[str], path: str) -> bool:

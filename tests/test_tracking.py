@@ -241,3 +241,57 @@ def test_ui_binds_loopback_and_refuses_a_server_or_missing_store(tracking_uri: s
         ui_argv("http://mlflow.example:5000")
     with pytest.raises(ConfigError, match="autotune search"):
         ui_argv(f"sqlite:///{tmp_path / 'none.db'}")
+
+
+@pytest.mark.parametrize("study", ["it's", "say \"it's\"", "back\\slash"])
+def test_hostile_study_names_never_duplicate_on_sync(tracking_uri: str, study: str) -> None:
+    records = tiny_study()[:3]
+    assert StudyTracker(study, "sqlite:///optuna.db", tracking_uri).sync(records, None) == 3
+    assert StudyTracker(study, "sqlite:///optuna.db", tracking_uri).sync(records, None) == 0
+    trials = [r for r in _runs(tracking_uri, study) if r.data.tags.get(TAG_KIND) == "trial"]
+    assert sorted(int(r.data.tags[TAG_TRIAL]) for r in trials) == [0, 1, 2]
+
+
+def test_parent_runs_of_dead_searches_end_killed(tracking_uri: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from autotune import owner
+    from autotune.tracking import TAG_OWNER
+
+    client = _client(tracking_uri)
+    tracker = StudyTracker("study-dead", "sqlite:///optuna.db", tracking_uri)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = owner.this_process().rsplit(":", 2)[0]
+    owners = {"dead": f"{host}:{gone.stdout.strip()}:0", "legacy": None, "alive": owner.this_process(),
+              "elsewhere": f"another-host:{os.getpid()}:0"}
+    ids = {}
+    for name, holder in owners.items():
+        tags = {TAG_STUDY: "study-dead", TAG_KIND: "search", **({TAG_OWNER: holder} if holder else {})}
+        ids[name] = client.create_run(tracker.experiment_id, tags=tags).info.run_id
+    tracker.sync(tiny_study()[:1], None)
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"dead": "KILLED", "legacy": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+
+
+def test_the_outage_hint_names_the_store_to_sync_into(fast_http_failures: None,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    uri = _dead_uri()
+    tracker = StudyTracker("study-hint", "sqlite:///runs/study-hint/optuna.db", uri)
+    with caplog.at_level(logging.WARNING, logger="autotune.tracking"):
+        tracker.start_search({})
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "autotune.tracking"]
+    assert f"--tracking-uri {uri}" in warning and "--storage sqlite:///runs/study-hint/optuna.db" in warning
+
+
+def test_sync_refuses_a_store_that_is_not_mlflows(tmp_path: Path) -> None:
+    import sqlite3
+
+    optuna_db = tmp_path / "optuna.db"
+    with sqlite3.connect(optuna_db) as connection:
+        connection.execute("CREATE TABLE studies (study_id INTEGER)")
+    before = optuna_db.read_bytes()
+    with pytest.raises(TrackingError, match="not an MLflow store"):
+        StudyTracker("s", "sqlite:///x.db", f"sqlite:///{optuna_db}").sync(tiny_study()[:1], None)
+    assert optuna_db.read_bytes() == before

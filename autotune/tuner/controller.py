@@ -270,7 +270,7 @@ class Controller:
                 orphaned = (now - started).total_seconds() > self._grace_s
             if orphaned and self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 log.warning("trial %d: its controller (%s) is gone; failed and re-queued", trial.number, holder)
-                callback = self.storage.get_failed_trial_callback()
+                callback = self.storage.get_heartbeat_stale_trial_callback()
                 if callback is not None:
                     callback(self.study, self.storage.get_trial(trial._trial_id))
 

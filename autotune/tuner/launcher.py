@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autotune.config import TrialConfig
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, StorageError
 from autotune.result import TrialResult
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,8 @@ def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: 
     Returns:
         The result (status ok, oom, error or timeout) and the subprocess wall time.
     """
-    trial_dir.mkdir(parents=True, exist_ok=True)
     config_path, out_path = trial_dir / "trial.yaml", trial_dir / "result.json"
-    config.dump(config_path)
+    _write_config(config, config_path)
     out_path.unlink(missing_ok=True)  # a stale file from a killed run must not pass as this run's
     argv = [*launcher.trial_command, "--config", str(config_path), "--out", str(out_path)]
     if launcher.timeline:
@@ -117,9 +116,8 @@ def prescreen(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, budge
         None when the prediction fits the budget, or when planning itself failed (logged as a
         warning: the trial then runs and measures for real).
     """
-    trial_dir.mkdir(parents=True, exist_ok=True)
     config_path, out_path = trial_dir / "trial.yaml", trial_dir / "plan.json"
-    config.dump(config_path)
+    _write_config(config, config_path)
     argv = [*launcher.plan_command, "--config", str(config_path), "--out", str(out_path)]
     code = _run(argv, trial_dir / "plan.log", trial_env(config, None), launcher.timeout_s)
     if code is None or code == _CANCELLED:
@@ -141,6 +139,21 @@ def prescreen(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, budge
 
 
 _CANCELLED = -(1 << 16)   # not an exit code any process can return
+
+
+def _write_config(config: TrialConfig, path: Path) -> None:
+    """Create the trial folder and its trial.yaml.
+
+    Raises:
+        StorageError: the folder cannot be written (e.g. it turned read-only mid-study); the
+            search stops with this message rather than failing every later trial the same way.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config.dump(path)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path} ({exc.strerror or exc}): make {path.parent.parent} writable, "
+                           "then run the same command again to resume") from None
 
 
 def _run(argv: list[str], log_path: Path, env: dict[str, str], timeout_s: float | None,

@@ -180,13 +180,13 @@ def _check_server_storage(url: str) -> None:
     try:
         parsed = sqlalchemy.engine.make_url(url)
         engine = sqlalchemy.create_engine(parsed)
+    except sqlalchemy.exc.NoSuchModuleError:   # a subclass of ArgumentError
+        raise StorageError(f"--storage {url!r}: unknown database dialect; {hint}") from None
     except sqlalchemy.exc.ArgumentError:
         raise StorageError(f"--storage {url!r} is not a database URL; {hint}") from None
-    except sqlalchemy.exc.NoSuchModuleError:
-        raise StorageError(f"--storage {url!r}: unknown database dialect; {hint}") from None
     except ImportError as exc:
-        raise StorageError(f"--storage {url!r}: its database driver is not installed ({exc.name or exc}); "
-                           "install it (e.g. pip install psycopg2-binary) or use sqlite:///") from None
+        raise StorageError(f"--storage {url!r}: its database driver {exc.name or exc} is not installed; install "
+                           "it, or name an installed one in the URL (e.g. postgresql+psycopg2://...)") from None
     try:
         tables = set(sqlalchemy.inspect(engine).get_table_names())
     except sqlalchemy.exc.SQLAlchemyError as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import optuna
 import pytest
 
 from autotune.config import TrialConfig
+from autotune.errors import StorageError
 from autotune.tuner.controller import SearchSettings, run_search
 from autotune.tuner.launcher import Launcher, run_trial
 from autotune.tuner.study import default_storage, load_records, open_storage
@@ -132,3 +134,49 @@ def test_an_invalid_sampled_combination_is_infeasible_not_fatal(tmp_path: Path, 
     invalid = [r for r in records if r.result.message.startswith("invalid config")]
     assert len(records) == 4 and invalid[0].number == 0
     assert all(not r.feasible and "zero_stage >= 1" in r.result.message for r in invalid)
+    # recorded as what it was (for MLflow's params and hash), not as the base config
+    assert invalid[0].config.memory.offload_optimizer and invalid[0].config.memory.zero_stage == 0
+    assert invalid[0].result.config_hash == invalid[0].config.config_hash() != settings.space.base.config_hash()
+
+
+def _dead_owner() -> str:
+    from autotune import owner
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return f"{owner.this_process().rsplit(':', 2)[0]}:{gone.stdout.strip()}:0"
+
+
+@pytest.mark.timeout(180)
+def test_running_trials_of_dead_controllers_are_failed_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A controller killed between ask() and its first heartbeat left a RUNNING trial every later run waited for."""
+    from autotune.result import USER_ATTR_CONFIG
+    from autotune.tuner.controller import USER_ATTR_OWNER, baseline_config
+
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(study_name="orphans", storage=open_storage(default_storage("orphans")),
+                                directions=["maximize", "minimize"])
+    dead = study.ask()   # its controller died after ask(): no heartbeat ever, owner on this host gone
+    dead.set_user_attr(USER_ATTR_OWNER, _dead_owner())
+    dead.set_user_attr(USER_ATTR_CONFIG, baseline_config(ci_space()).to_dict())
+    unowned = study.ask()   # died even before it could say who it was
+    time.sleep(1.2)
+    run_search(_settings("orphans", 3, grace_period_s=1))
+    trials = optuna.load_study(study_name="orphans", storage=default_storage("orphans")).trials
+    assert [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING] == []
+    assert trials[dead.number].state == trials[unowned.number].state == optuna.trial.TrialState.FAIL
+    assert len(load_records("orphans")) == 3
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].user_attrs[USER_ATTR_CONFIG] == dead.user_attrs[USER_ATTR_CONFIG]
+
+
+def test_an_unwritable_trials_folder_stops_the_search_and_leaves_nothing_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "runs" / "readonly"
+    folder.mkdir(parents=True)
+    (folder / "trials").write_text("a file where the trials folder should be\n")
+    with pytest.raises(StorageError, match="run the same command again to resume"):
+        run_search(_settings("readonly", 3))
+    trials = optuna.load_study(study_name="readonly", storage=default_storage("readonly")).trials
+    assert trials and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+    assert any(t.state == optuna.trial.TrialState.WAITING for t in trials)   # the baseline, queued again

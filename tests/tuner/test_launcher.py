@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from autotune.config import TrialConfig
+from autotune.errors import StorageError
 from autotune.memory.report import GiB
 from autotune.tuner.launcher import Launcher, prescreen, run_trial, trial_env
-from tests.tuner.tuner_helpers import FAKE_COMMAND, fake_launcher
+from tests.tuner.tuner_helpers import FAKE_COMMAND, fake_launcher, subprocess_env
 
 CFG = TrialConfig()
 
@@ -81,3 +85,63 @@ def test_prescreen_rejects_a_predicted_overrun(tmp_path: Path) -> None:
     screened = prescreen(CFG, tmp_path / "p", launcher=launcher, budget_gb=20 * (1 << 20) / GiB)
     assert screened is not None and screened.status == "prescreened" and "exceeds" in screened.message
     assert prescreen(CFG, tmp_path / "q", launcher=launcher, budget_gb=1.0) is None
+
+
+def _script(tmp_path: Path, name: str, body: str) -> tuple[str, ...]:
+    path = tmp_path / name
+    path.write_text(body)
+    return (sys.executable, str(path))
+
+
+def test_nothing_the_trial_started_outlives_it(tmp_path: Path) -> None:
+    # the trial leaves a grandchild behind in its process group, as a crashed worker pool might
+    command = _script(tmp_path, "leaky.py", "import subprocess, sys\n"
+                      "child = subprocess.Popen(['sleep', '60'])\n"
+                      f"open({str(tmp_path / 'grandchild.pid')!r}, 'w').write(str(child.pid))\n")
+    launched = run_trial(TrialConfig(), tmp_path / "t", launcher=Launcher(trial_command=command, timeout_s=30))
+    assert launched.result.status == "error"
+    pid = int((tmp_path / "grandchild.pid").read_text())
+    assert not _alive_after(pid, 2.0), "the trial's grandchild outlived it"
+
+
+def _alive_after(pid: int, wait_s: float) -> bool:
+    from autotune.owner import pid_alive
+
+    deadline = time.monotonic() + wait_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid_alive(pid)
+
+
+def test_a_trial_ends_itself_when_its_controller_is_killed(tmp_path: Path) -> None:
+    trial = _script(tmp_path, "trial.py", "import os, sys, time\n"
+                    "from autotune.tuner.launcher import watch_controller\n"
+                    "watch_controller()\n"
+                    f"open({str(tmp_path / 'trial.pid')!r}, 'w').write(str(os.getpid()))\n"
+                    "time.sleep(60)\n")
+    controller = _script(tmp_path, "controller.py", "from pathlib import Path\n"
+                         "from autotune.config import TrialConfig\n"
+                         "from autotune.tuner.launcher import Launcher, run_trial\n"
+                         f"run_trial(TrialConfig(), Path({str(tmp_path / 't')!r}), "
+                         f"launcher=Launcher(trial_command={trial!r}))\n")
+    proc = subprocess.Popen(controller, env=subprocess_env())
+    pid_file = tmp_path / "trial.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not _alive_after(int(pid_file.read_text()), 5.0), "the trial outlived its controller"
+
+
+def test_a_non_utf8_result_is_an_error_result(tmp_path: Path) -> None:
+    command = _script(tmp_path, "latin.py", "import sys\n"
+                      "open(sys.argv[sys.argv.index('--out') + 1], 'wb').write(b'{\"status\": \"ok\\xe9\"}')\n")
+    launched = run_trial(TrialConfig(), tmp_path / "t", launcher=Launcher(trial_command=command, timeout_s=30))
+    assert launched.result.status == "error" and "not UTF-8" in launched.result.message
+
+
+def test_an_unwritable_trial_folder_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "trials").write_text("a file where the folder should be\n")
+    with pytest.raises(StorageError, match="cannot write .*run the same command again"):
+        run_trial(TrialConfig(), tmp_path / "trials" / "0", launcher=Launcher(trial_command=("true",)))

@@ -96,3 +96,54 @@ def test_suggest_follows_fixed_trial_and_params_round_trip(tmp_path: Path) -> No
     assert params_for(space, cfg) == params
     # a value outside the space is left to the sampler rather than enqueued out of range
     assert "optimizer.partition.update_gap" not in params_for(space, cfg.replace(**{"optimizer.partition.update_gap": 5}))
+
+
+OBJ2 = "objectives: [{metric: reward, direction: maximize}, {metric: peak_reserved_gb, direction: minimize}]\n"
+DIM = "dimensions: {memory.static_kv_cache: [false, true]}\n"
+
+
+@pytest.mark.parametrize(("body", "key", "reason"), [
+    # a duplicated objective made every trial FAIL silently
+    (DIM + "objectives: [{metric: reward, direction: maximize}, {metric: reward, direction: maximize}]\n",
+     "objectives[1].metric", "already an objective"),
+    # step 0 crashed inside Optuna at the first ask()
+    ("dimensions: {workload.steps: {low: 1, high: 8, step: 0}}\n" + OBJ, "dimensions.workload.steps.step",
+     "positive integer"),
+    ("dimensions: {optimizer.partition.density: {low: 0.1, high: 0.9, step: -0.1}}\n" + OBJ,
+     "dimensions.optimizer.partition.density.step", "positive number"),
+    ("dimensions: {optimizer.partition.density: {low: .nan, high: 0.9}}\n" + OBJ,
+     "dimensions.optimizer.partition.density", "finite numeric low and high"),
+    ("dimensions: {optimizer.partition.density: {low: 0.1, high: .inf}}\n" + OBJ,
+     "dimensions.optimizer.partition.density", "finite numeric low and high"),
+    ("dimensions: {workload.actor_lr: [0.001, .nan]}\n" + OBJ, "dimensions.workload.actor_lr", "finite"),
+    (DIM + OBJ + "budget_gb: .nan\n", "budget_gb", "finite"),
+    (DIM + OBJ + "budget_gb: .inf\n", "budget_gb", "finite"),
+    (DIM + OBJ + "constraints: ['peak_reserved_gb <= nan']\n", "constraints[0]", "finite"),
+    (DIM + OBJ + "constraints: ['peak_reserved_gb <= inf']\n", "constraints[0]", "finite"),
+    (DIM + OBJ + "constraints: ['peak_reserved_gb <= 0']\n", "constraints[0]", "no trial can meet"),
+    (DIM + OBJ + "constraints: ['fragmentation <= -0.1']\n", "constraints[0]", "no trial can meet"),
+    ("dimensions: []\n" + OBJ, "dimensions", "nothing to search"),
+    ("dimensions: {}\n" + OBJ, "dimensions", "nothing to search"),
+    (OBJ, "dimensions", "nothing to search"),
+    ("dimensions: {memory.zero_stage: 2}\n" + OBJ, "dimensions", "every dimension is fixed"),
+])
+def test_spaces_that_would_fail_mid_study_are_rejected_at_load(tmp_path: Path, body: str, key: str, reason: str) -> None:
+    path = _write(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    assert key in str(info.value) and reason in str(info.value)
+
+
+def test_a_broken_base_still_checks_the_dimensions(tmp_path: Path) -> None:
+    path = _write(tmp_path, "base: {device: tpu}\ndimensions: {memory.zero_stage: [0, 9]}\n" + OBJ)
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    assert any(p.startswith("base.device") for p in info.value.problems)
+    assert any(p.startswith("dimensions.memory.zero_stage") for p in info.value.problems)
+
+
+def test_a_binary_space_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_space(path)
