@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as exc:   # one line, like every other error
+        command = exc.ctx.command_path if exc.ctx is not None else "autotune"
+        click.secho(f"error: {exc.format_message()} (see `{command} --help`)", fg="red", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
