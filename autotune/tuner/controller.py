@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -41,6 +42,7 @@ USER_ATTR_OWNER = "autotune.owner"        # the controller running the trial: se
 _WAIT_S = 0.5
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _KILL_WAIT_S = 15.0     # how long an interrupted run waits for its workers to end their trials
+_OWNER_SETTLE_S = 2.0   # a trial younger than this may not have its owner written yet
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +98,23 @@ def with_budget(space: SearchSpace, budget_gb: float | None) -> SearchSpace:
     return space.rebase({"device_memory_gb": budget_gb})
 
 
+def _check_numbers(settings: SearchSettings) -> None:
+    """Every number of the settings finite and in range, before anything runs (nan passes any
+    comparison-based check, and `timeout_s=nan` used to mean no timeout at all)."""
+    problems = []
+    for key in ("budget_gb", "timeout_s", "min_reward_ratio", "grace_period_s"):
+        value = getattr(settings, key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problems.append(f"{key}: must be a positive, finite number, got {value}")
+    if not settings.min_reward_ratio <= 1:
+        problems.append(f"min_reward_ratio: must be at most 1, got {settings.min_reward_ratio}")
+    if settings.launcher.timeout_s is not None and not (math.isfinite(settings.launcher.timeout_s)
+                                                        and settings.launcher.timeout_s > 0):
+        problems.append(f"trial timeout: must be a positive, finite number, got {settings.launcher.timeout_s}")
+    if problems:
+        raise ConfigError(problems, source="search settings")
+
+
 def _check_models(base: TrialConfig) -> None:
     """Fail before any study or trial exists when a model is neither a preset nor a local folder, or
     the task or prompts file is unusable; otherwise every trial would start, fail the same way, and
@@ -117,6 +136,7 @@ class Controller:
     """Runs one search invocation against a (possibly shared) study. Use `run()` once."""
 
     def __init__(self, settings: SearchSettings, *, on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None):
+        _check_numbers(settings)
         _check_models(settings.space.base)
         self.settings = settings
         self.budget_gb = settings.budget_gb if settings.budget_gb is not None else settings.space.budget_gb
@@ -263,11 +283,12 @@ class Controller:
         now = datetime.datetime.now()
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             holder = trial.user_attrs.get(USER_ATTR_OWNER)
+            age_s = (now - (trial.datetime_start or now)).total_seconds()
             if holder is not None:
-                orphaned = owner.is_dead(str(holder))
+                # a re-queued copy carries its dead owner until its new one writes over it, just after ask()
+                orphaned = age_s > _OWNER_SETTLE_S and owner.is_dead(str(holder))
             else:
-                started = trial.datetime_start or now
-                orphaned = (now - started).total_seconds() > self._grace_s
+                orphaned = age_s > self._grace_s
             if orphaned and self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 log.warning("trial %d: its controller (%s) is gone; failed and re-queued", trial.number, holder)
                 callback = self.storage.get_heartbeat_stale_trial_callback()

@@ -1,6 +1,7 @@
 """The controller with a stand-in trial program: studies finish, failures are recorded, nothing is lost."""
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import optuna
 import pytest
 
 from autotune.config import TrialConfig
-from autotune.errors import StorageError
+from autotune.errors import ConfigError, StorageError
 from autotune.tuner.controller import SearchSettings, run_search
 from autotune.tuner.launcher import Launcher, run_trial
 from autotune.tuner.study import default_storage, load_records, open_storage
@@ -180,3 +181,14 @@ def test_an_unwritable_trials_folder_stops_the_search_and_leaves_nothing_running
     trials = optuna.load_study(study_name="readonly", storage=default_storage("readonly")).trials
     assert trials and all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
     assert any(t.state == optuna.trial.TrialState.WAITING for t in trials)   # the baseline, queued again
+
+
+@pytest.mark.parametrize(("key", "value"), [("budget_gb", float("nan")), ("timeout_s", float("nan")),
+                                            ("min_reward_ratio", float("nan")), ("budget_gb", float("inf"))])
+def test_non_finite_settings_fail_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str,
+                                                       value: float) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = dataclasses.replace(_settings("nan", 2), **{key: value})
+    with pytest.raises(ConfigError, match=f"{key}: must be a positive, finite number"):
+        run_search(settings)
+    assert not (tmp_path / "runs").exists()
