@@ -157,12 +157,22 @@ def _canonical(data: dict) -> dict:
         return data
     part = opt["partition"]
     if part["layers"] is not None or part["placement"] != "rotate":
-        # a static partition: the window schedule never runs
-        for name in ("order", "update_gap"):
-            part[name] = defaults["optimizer"]["partition"][name]
+        # A static partition is the set of layers it picks: density 0.25 and 0.3 of 4 layers are
+        # the same run. The window schedule (order, update_gap) never runs.
+        layers = _static_layers(part, data["model"]["actor"])
+        opt["partition"] = {**part, **{name: defaults["optimizer"]["partition"][name]
+                                       for name in ("density", "placement", "order", "update_gap")},
+                            "layers": layers}
     else:
         part["update_gap"] = min(part["update_gap"], _optimizer_steps(data["workload"], data["algorithm"]))
     return data
+
+
+def _static_layers(part: dict, model: str) -> list[int]:
+    from autotune.optim.partition import choose_layers
+
+    spec = schema.from_dict(PartitionSpec, part, source="optimizer.partition")
+    return choose_layers(_n_layers(model), spec)
 
 
 def _optimizer_steps(workload: dict, algorithm: str) -> int:
@@ -219,7 +229,7 @@ def reward_config(cfg: TrialConfig, *, proxy: str | None) -> TrialConfig:
     """
     import torch
 
-    data = _canonical(cfg.to_dict())
+    data = cfg.to_dict()
     data["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     data["device_memory_gb"] = None
     if proxy is not None and proxy != cfg.model.actor:
@@ -228,7 +238,8 @@ def reward_config(cfg: TrialConfig, *, proxy: str | None) -> TrialConfig:
         if spec.layers is not None:
             mapped = map_partition(spec, n_from=_n_layers(cfg.model.actor), n_to=_n_layers(proxy))
             data["optimizer"]["partition"]["layers"] = list(mapped.layers)
-    return TrialConfig.from_dict(data, source="reward config")
+    # canonical on the model that runs: a static density becomes the proxy's layers
+    return TrialConfig.from_dict(_canonical(data), source="reward config")
 
 
 def map_partition(spec: PartitionSpec, *, n_from: int, n_to: int) -> PartitionSpec:

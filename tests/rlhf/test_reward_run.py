@@ -116,6 +116,25 @@ def test_fields_that_cannot_act_are_not_in_the_key():
         reward_key(small(**rot, **{"optimizer.partition.update_gap": 500}))
 
 
+def test_a_static_partition_is_keyed_by_the_layers_it_picks():
+    static = {"optimizer.name": "frugal", "optimizer.partition.placement": "top"}
+    # llama-tiny has 4 layers: density 0.25 and 0.3 both pick layer 3, which is what runs
+    assert reward_key(small(**static, **{"optimizer.partition.density": 0.25})) == \
+        reward_key(small(**static, **{"optimizer.partition.density": 0.3})) == \
+        reward_key(small(**{"optimizer.name": "frugal", "optimizer.partition.layers": (3,)}))
+    assert reward_key(small(**static, **{"optimizer.partition.density": 0.25})) != \
+        reward_key(small(**static, **{"optimizer.partition.density": 0.5}))
+
+
+@pytest.mark.slow
+def test_partitions_with_one_key_give_one_reward():
+    static = {"optimizer.name": "frugal", "optimizer.partition.placement": "top"}
+    by_density = run_reward(small(**static, **{"optimizer.partition.density": 0.3}))
+    by_layers = run_reward(small(**{"optimizer.name": "frugal", "optimizer.partition.layers": (3,)}))
+    assert by_density.key == by_layers.key
+    assert (by_density.reward, by_density.reward_curve) == (by_layers.reward, by_layers.reward_curve)
+
+
 def test_the_key_ignores_the_device_and_is_stable():
     assert reward_key(small(device="fake", device_memory_gb=1.0)) == reward_key(small())
     assert len(reward_key(small())) == 16 and reward_key(small()) == reward_key(small())
@@ -137,8 +156,11 @@ def test_the_proxy_takes_over_every_model_and_maps_explicit_layers():
     assert run.optimizer.partition.layers == (7, 8, 9)   # the top quarter of 16 -> the top of 10
     dense = small(**{"model.actor": "llama-1b", "optimizer.name": "frugal", "optimizer.partition.density": 0.5,
                      "optimizer.partition.placement": "top"})
-    mapped = reward_config(dense, proxy="llama-small").optimizer.partition
-    assert (mapped.density, mapped.placement, mapped.layers) == (0.5, "top", None)
+    # density and placement carry over: the top half of the proxy's 10 layers
+    assert reward_config(dense, proxy="llama-small").optimizer.partition.layers == (5, 6, 7, 8, 9)
+    rotating = small(**{"model.actor": "llama-1b", "optimizer.name": "frugal", "optimizer.partition.density": 0.5})
+    mapped = reward_config(rotating, proxy="llama-small").optimizer.partition
+    assert (mapped.density, mapped.placement, mapped.layers) == (0.5, "rotate", None)
 
 
 def test_map_layers_keeps_share_and_position():
