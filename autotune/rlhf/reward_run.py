@@ -68,6 +68,7 @@ _CRITIC_ONLY = ("optimizer.critic", "workload.critic_lr", "workload.value_clip",
 DEFAULT_PROXIES: dict[str, str] = {"llama": "llama-tiny", "mistral": "llama-tiny", "qwen2": "llama-tiny",
                                    "opt": "llama-tiny"}
 FALLBACK_PROXY = "llama-tiny"
+TEXT_PROXY = "smollm2-135m"   # the smallest model with a tokenizer, for tasks scored on decoded text
 # Largest model whose reward runs on the CPU at full size: smollm2-135m and llama-small run themselves
 # (a search on them trains them for real anyway); llama-1b and the OPT presets go to a proxy.
 CPU_FULL_SIZE_MAX_PARAMS = 150_000_000
@@ -182,15 +183,17 @@ def _optimizer_steps(workload: dict, algorithm: str) -> int:
 
 
 # -- the proxy -----------------------------------------------------------------------------------
-def default_proxy(model: str, *, cuda: bool | None = None) -> str | None:
+def default_proxy(model: str, *, cuda: bool | None = None, task: str | None = None) -> str | None:
     """The proxy that carries `model`'s reward runs by default, or None to run the model itself.
 
     On a GPU every model runs at full size. On a CPU a model up to `CPU_FULL_SIZE_MAX_PARAMS`
-    parameters runs itself; a bigger one runs on its family's proxy (`DEFAULT_PROXIES`).
+    parameters runs itself; a bigger one runs on its family's proxy (`DEFAULT_PROXIES`), or on
+    `smollm2-135m` for a task on decoded text, which needs a tokenizer that the presets lack.
 
     Args:
         model: A preset, `smollm2-135m` or a local Hugging Face directory.
         cuda: Whether reward runs get a GPU; None asks torch.
+        task: The workload's task (`cfg.workload.task`), if known.
 
     Raises:
         ModelNotFoundError: `model` is no preset and no local model folder.
@@ -204,6 +207,10 @@ def default_proxy(model: str, *, cuda: bool | None = None) -> str | None:
     params, family = _size_and_family(model)
     if params <= CPU_FULL_SIZE_MAX_PARAMS:
         return None
+    from autotune.rlhf.tasks import TEXT_TASKS
+
+    if task in TEXT_TASKS:
+        return TEXT_PROXY
     return DEFAULT_PROXIES.get(family, FALLBACK_PROXY)
 
 
