@@ -22,7 +22,9 @@ from autotune.rlhf.tasks import Task
 
 EVAL_PROMPTS = 64
 EVAL_SEED = 20_261_130
-_CHUNK = 16   # prompts per forward: bounds the (chunk, T, vocab) probabilities of a 49k-vocab model
+# Probability entries (prompts x T x vocab) per forward: 256 MiB of float32. All 64 prompts go at once
+# for most models (one decode loop instead of several: small models are dominated by per-op overhead).
+_MAX_PROB_ENTRIES = 1 << 26
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +66,8 @@ def evaluate(policy: torch.nn.Module, task: Task, workload: WorkloadConfig, devi
     prompts = task.prompts(EVAL_PROMPTS, workload.prompt_len, torch.Generator().manual_seed(EVAL_SEED))
     generator = torch.Generator(device=device).manual_seed(EVAL_SEED + 1)
     scores, exact = [], True
-    for chunk in prompts.split(_CHUNK):
+    chunk_size = max(1, _MAX_PROB_ENTRIES // (workload.gen_len * task.vocab_size))
+    for chunk in prompts.split(chunk_size):
         chunk = chunk.to(device)
         responses = sample(policy, chunk, gen_len=workload.gen_len, temperature=workload.temperature,
                            generator=generator)

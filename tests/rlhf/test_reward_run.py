@@ -175,6 +175,14 @@ def test_the_proxy_takes_over_every_model_and_maps_explicit_layers():
     assert (mapped.density, mapped.placement, mapped.layers) == (0.5, "rotate", None)
 
 
+def test_the_default_proxy_maps_a_layer_list_one_to_one():
+    cfg = small(**{"model.actor": "llama-1b", "optimizer.name": "frugal", "optimizer.partition.layers": (0, 5)})
+    proxy = default_proxy("llama-1b", cuda=False)
+    assert reward_config(cfg, proxy=proxy).optimizer.partition.layers == (0, 5)
+    other = cfg.replace(**{"optimizer.partition.layers": [1, 4]})
+    assert reward_key(reward_config(other, proxy=proxy)) != reward_key(reward_config(cfg, proxy=proxy))
+
+
 def test_map_layers_keeps_share_and_position():
     assert map_layers((0, 1, 2, 3), n_from=16, n_to=32) == tuple(range(8))
     assert map_layers((15,), n_from=16, n_to=30) == (28, 29)
@@ -186,11 +194,12 @@ def test_default_proxy_runs_small_models_themselves():
     assert default_proxy("llama-tiny", cuda=False) is None
     assert default_proxy("llama-small", cuda=False) is None
     assert default_proxy("smollm2-135m", cuda=False) is None
-    assert default_proxy("llama-1b", cuda=False) == "llama-tiny"
-    assert default_proxy("opt-1.3b", cuda=False) == "llama-tiny"
+    # as deep as the model it stands in for, so partitions map layer for layer
+    assert default_proxy("llama-1b", cuda=False) == "llama-tiny-16"
+    assert default_proxy("opt-1.3b", cuda=False) == "llama-tiny-24"
     assert default_proxy("llama-1b", cuda=True) is None
     assert default_proxy("llama-1b", cuda=False, task="similarity") == "smollm2-135m"   # needs a tokenizer
-    assert default_proxy("llama-1b", cuda=False, task="target-token") == "llama-tiny"
+    assert default_proxy("llama-1b", cuda=False, task="target-token") == "llama-tiny-16"
 
 
 def test_outcome_label_and_round_trip(tmp_path):
