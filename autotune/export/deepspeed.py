@@ -1,4 +1,11 @@
-"""DeepSpeed JSON: ZeRO stage, optimizer offload, precision and the optimizer, one file per trained model."""
+"""DeepSpeed JSON: the very config the trial passed to `deepspeed.initialize`, one file per trained model.
+
+The ZeRO section comes from `autotune.rlhf.zero.deepspeed_config`, the function the trial itself calls,
+so the exported buckets, thresholds and flags are the ones that were measured. Only one thing is
+added: an `optimizer` section for a model that trained with AdamW, so the file also launches on its
+own (`torch_adam: true` makes DeepSpeed build `torch.optim.AdamW`, the optimizer the trial passed).
+FRUGAL is never in the JSON: it is a client optimizer (README, "Export to your training stack").
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +14,13 @@ from autotune.config import TrialConfig
 from autotune.export.features import frugal_models, partition_files, unexpressed
 from autotune.export.output import ExportOutput
 
-_PRECISION_KEY = {"bfloat16": "bf16", "float16": "fp16"}
+
+def model_hidden_size(cfg: TrialConfig, model: str = "actor") -> int:
+    """The hidden size of the trained model ('actor' or 'critic'): the trial sizes ZeRO buckets from it."""
+    from autotune.rlhf.models import model_config  # transformers: only exports that need a bucket size
+
+    name = cfg.model.actor if model == "actor" else cfg.model.critic_name
+    return int(model_config(name).hidden_size)
 
 
 def ds_config(cfg: TrialConfig, model: str = "actor", *, hf_auto: bool = False) -> dict:
@@ -15,44 +28,29 @@ def ds_config(cfg: TrialConfig, model: str = "actor", *, hf_auto: bool = False) 
 
     Args:
         cfg: the trial config.
-        model: which trained model; it picks the learning rate and the optimizer.
+        model: which trained model; it picks the learning rate, the optimizer and the hidden size.
         hf_auto: write "auto" where the Hugging Face Trainer fills the value in itself (batch size,
-            precision, optimizer), since it refuses a DeepSpeed config that disagrees with its arguments.
+            accumulation, precision), since it refuses a DeepSpeed config that disagrees with its
+            arguments; the Trainer then passes its own (client) optimizer.
     """
-    out: dict = {
-        "train_micro_batch_size_per_gpu": "auto" if hf_auto else cfg.workload.micro_batch,
-        "gradient_accumulation_steps": "auto" if hf_auto else 1,
-        "zero_optimization": _zero_section(cfg),
-    }
-    precision = _PRECISION_KEY.get(cfg.model.dtype)
-    if precision:
-        out[precision] = {"enabled": "auto" if hf_auto else True}
-    if model in frugal_models(cfg):
-        if cfg.memory.zero_stage > 0:
-            # ZeRO refuses a client optimizer it has not been tested with unless told otherwise.
-            out["zero_allow_untested_optimizer"] = True
-        if cfg.memory.offload_optimizer:
-            # Otherwise ZeRO-Offload insists on DeepSpeedCPUAdam and rejects FRUGAL.
-            out["zero_force_ds_cpu_optimizer"] = False
-    elif not hf_auto:
+    from autotune.rlhf.zero import deepspeed_config
+
+    out = deepspeed_config(cfg, micro_batch=cfg.workload.micro_batch, hidden_size=model_hidden_size(cfg, model))
+    if hf_auto:
+        out.update(train_micro_batch_size_per_gpu="auto", gradient_accumulation_steps="auto")
+        out["bf16"] = {"enabled": "auto"}
+        out["fp16"] = {"enabled": "auto"}
+    elif model not in frugal_models(cfg):
         out["optimizer"] = _adamw_section(cfg, model)
     return out
-
-
-def _zero_section(cfg: TrialConfig) -> dict:
-    zero: dict = {"stage": cfg.memory.zero_stage}
-    if cfg.memory.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if cfg.memory.zero_stage == 3:
-        # autotune never offloads trained parameters; say so rather than leave DeepSpeed's default implicit.
-        zero["offload_param"] = {"device": "none"}
-    return zero
 
 
 def _adamw_section(cfg: TrialConfig, model: str) -> dict:
     opt = cfg.optimizer
     lr = cfg.workload.actor_lr if model == "actor" else cfg.workload.critic_lr
-    params = {"lr": lr, "betas": [opt.beta1, opt.beta2], "eps": opt.eps, "weight_decay": opt.weight_decay}
+    params = {"lr": lr, "betas": [opt.beta1, opt.beta2], "eps": opt.eps, "weight_decay": opt.weight_decay,
+              # torch.optim.AdamW, as in the trial; otherwise DeepSpeed picks FusedAdam or DeepSpeedCPUAdam.
+              "torch_adam": True}
     return {"type": "AdamW", "params": params}
 
 
@@ -62,9 +60,8 @@ def reference_ds_config(cfg: TrialConfig) -> dict:
         "train_micro_batch_size_per_gpu": cfg.workload.micro_batch,
         "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": True}},
     }
-    precision = _PRECISION_KEY.get(cfg.model.dtype)
-    if precision:
-        out[precision] = {"enabled": True}
+    if cfg.model.dtype in ("bfloat16", "float16"):
+        out["bf16" if cfg.model.dtype == "bfloat16" else "fp16"] = {"enabled": True}
     return out
 
 

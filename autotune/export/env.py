@@ -16,13 +16,23 @@ _PHASE_EDGE = {
 }
 
 
+ALLOC_VAR = "PYTORCH_ALLOC_CONF"          # the primary name in newer PyTorch (2.9 on)
+LEGACY_ALLOC_VAR = "PYTORCH_CUDA_ALLOC_CONF"   # deprecated there (it warns), the only name before
+
+
 def env_lines(cfg: TrialConfig) -> list[str]:
-    """A sourceable shell file: the PYTORCH_CUDA_ALLOC_CONF export and comments for the code changes."""
+    """A sourceable shell file: the PYTORCH_ALLOC_CONF export and comments for the code changes."""
     alloc = cfg.memory.allocator
     value = alloc.to_env_string()
     lines = ["# Source before launching: the allocator reads it once, when CUDA initialises."]
-    lines.append(f"export PYTORCH_CUDA_ALLOC_CONF={value}" if value else
-                 "# PyTorch's allocator defaults: no PYTORCH_CUDA_ALLOC_CONF to set.")
+    if value:
+        lines += [f"export {ALLOC_VAR}={value}",
+                  f"# PyTorch before 2.9 reads only {LEGACY_ALLOC_VAR}: there, export the same value under that name.",
+                  "# Warning: a set_expandable_segments call (verl makes one around every weight sync) goes through",
+                  "# torch.cuda.memory._set_allocator_settings, which resets some of these settings; a stack that",
+                  "# calls it does not keep the whole line above for the rest of the run."]
+    else:
+        lines.append(f"# PyTorch's allocator defaults: no {ALLOC_VAR} to set.")
     if alloc.memory_fraction is not None:
         lines.append(f"# At start-up: torch.cuda.set_per_process_memory_fraction({alloc.memory_fraction})")
     if cfg.memory.empty_cache_after:

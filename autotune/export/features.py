@@ -54,7 +54,7 @@ FEATURES: tuple[Feature, ...] = (
             describe=lambda c: "memory.static_kv_cache=true",
             hint="generate with a preallocated cache: generate(..., cache_implementation='static')"),
     Feature(name="allocator", is_on=lambda c: bool(c.memory.allocator.to_env_string()),
-            describe=lambda c: f"PYTORCH_CUDA_ALLOC_CONF={c.memory.allocator.to_env_string()}",
+            describe=lambda c: f"PYTORCH_ALLOC_CONF={c.memory.allocator.to_env_string()}",
             hint="export it in the launch environment before CUDA starts (see --format env)"),
     Feature(name="memory_fraction", is_on=lambda c: c.memory.allocator.memory_fraction is not None,
             describe=lambda c: f"memory.allocator.memory_fraction={c.memory.allocator.memory_fraction}",

@@ -25,6 +25,8 @@ def grpo_fields(cfg: TrialConfig) -> dict[str, object]:
         "torch_empty_cache_steps": 1 if m.empty_cache_after else None,
         "deepspeed": DS_FILE if m.needs_deepspeed else None,
         "cache_implementation": "static" if m.static_kv_cache else None,
+        # The trial loads its weights in cfg.model.dtype; bf16/fp16 alone would be fp32 weights under autocast.
+        "model_init_kwargs": {"dtype": cfg.model.dtype} if cfg.model.dtype != "float32" else None,
         "bf16": cfg.model.dtype == "bfloat16",
         "fp16": cfg.model.dtype == "float16",
         "learning_rate": w.actor_lr,
@@ -49,7 +51,6 @@ def accelerate_config(cfg: TrialConfig) -> dict[str, object]:
     out: dict[str, object] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": "DEEPSPEED" if cfg.memory.needs_deepspeed else "NO",
-        "mixed_precision": _MIXED_PRECISION[cfg.model.dtype],
         "num_machines": 1,
         "num_processes": 1,
         "machine_rank": 0,
@@ -57,7 +58,11 @@ def accelerate_config(cfg: TrialConfig) -> dict[str, object]:
         "use_cpu": False,
     }
     if cfg.memory.needs_deepspeed:
+        # With deepspeed_config_file set, `accelerate launch` refuses mixed_precision (and the other
+        # ZeRO keys) in this file: precision lives in ds_config.json ("auto", from GRPOConfig bf16/fp16).
         out["deepspeed_config"] = {"deepspeed_config_file": DS_FILE, "zero3_init_flag": cfg.memory.zero_stage == 3}
+    else:
+        out["mixed_precision"] = _MIXED_PRECISION[cfg.model.dtype]
     return out
 
 
