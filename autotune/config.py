@@ -258,7 +258,7 @@ def _parse_bool(text: str) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryConfig:
-    """The memory interventions. Each acts where DESIGN.md says: at phase edges or at model setup."""
+    """The memory interventions; the README section "Where the interventions act" says where each acts."""
 
     empty_cache_after: tuple[Phase, ...] = ()
     actor_gradient_checkpointing: bool = False

@@ -21,6 +21,8 @@ def openrlhf_flags(cfg: TrialConfig) -> list[str]:
         flags.append(f"--ds.param_dtype {_PARAM_DTYPE[cfg.model.dtype]}")
     flags += [
         f"--train.micro_batch_size {w.micro_batch}",
+        # The trial steps the optimizer after every micro-batch; on N GPUs multiply by N.
+        f"--train.batch_size {w.micro_batch}",
         f"--rollout.micro_batch_size {w.micro_batch}",
         f"--rollout.batch_size {w.batch_size}",
         f"--rollout.max_new_tokens {w.gen_len}",
