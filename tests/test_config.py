@@ -76,9 +76,9 @@ def test_allocator_env_string_round_trips(text, expected):
 
 @pytest.mark.parametrize("text, needle", [
     ("max_split_size_mb", "not of the form key:value"),
-    ("pinned_use_cuda_host_register:True", "unknown key 'pinned_use_cuda_host_register'"),
+    ("pinned_memory:True", "unknown key 'pinned_memory'"),
     ("max_split_size_mb:lots", "cannot parse 'lots'"),
-    ("max_split_size_mb:10", "greater than 20"),
+    ("max_split_size_mb:10", "at least 20"),
 ])
 def test_allocator_env_string_rejects_bad_input(text, needle):
     with pytest.raises(ConfigError, match=needle):

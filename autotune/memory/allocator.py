@@ -2,8 +2,15 @@
 
 `CachingAllocatorSim` follows c10/cuda/CUDACachingAllocator.cpp (`malloc`, `get_free_block`,
 `alloc_found_block`, `free_block`, `release_*`, `garbage_collect_cached_blocks` and the expandable
-segment path) on one device and one stream. Replaying a storage trace through it gives the
-reserved memory and fragmentation a GPU would show for the same allocation sequence.
+segment path) on one device and ONE stream: ZeRO and FSDP run communication on side streams,
+where a free block is reused only on its own stream and `record_stream` delays frees, so a real
+multi-stream run can reserve more than the simulator predicts. Replaying a storage trace through it
+gives the reserved memory and fragmentation a GPU would show for the same allocation sequence.
+
+Usable memory is modelled explicitly: `capacity_bytes` is the device total, of which
+`context_reserve_bytes` (the CUDA context, library handles; a per-device default from
+`autotune.memory.device`) is never the allocator's. A per-process memory fraction caps reserved
+bytes at fraction x device total on top of that.
 
 Typical use::
 
@@ -19,6 +26,7 @@ import numbers
 
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError, TrialOOM
+from autotune.memory.device import default_context_reserve_bytes
 from autotune.memory.blocks import (
     LARGE_BUFFER,
     MIN_BLOCK,
@@ -42,6 +50,20 @@ STAT_KEYS = (
 )
 _NO_LIMIT_VA = 1 << 46          # virtual size of an expandable segment when no capacity is given
 _BASE_ADDR = 1 << 32
+# PyTorch 2.10 (pytorch/pytorch#161035, which also added `per_process_memory_fraction` to the
+# allocator config) keeps a fraction only when it is below 1.0, and the GC threshold acts only
+# under a kept fraction; before it, any set_per_process_memory_fraction call, 1.0 included, armed it.
+_FRACTION_BELOW_ONE_FROM = (2, 10)
+
+
+def _installed_torch_version() -> tuple[int, int]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = version("torch").split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except (PackageNotFoundError, ValueError):
+        return _FRACTION_BELOW_ONE_FROM
 
 
 class SimulatedOutOfMemoryError(TrialOOM, MemoryError):
@@ -56,23 +78,39 @@ class CachingAllocatorSim:
     """PyTorch's CUDA caching allocator, replayed in Python.
 
     Args:
-        config: the `PYTORCH_CUDA_ALLOC_CONF` settings (plus `memory_fraction`).
-        capacity_bytes: simulated device memory; None means unlimited (no OOM, no GC threshold).
+        config: the allocator settings (`PYTORCH_ALLOC_CONF` keys plus `memory_fraction`).
+        capacity_bytes: the device's total memory; None means unlimited (no OOM, no GC threshold).
+        context_reserve_bytes: the part of the device the allocator never gets (CUDA context,
+            library handles, other processes); None takes the per-device default.
+        torch_version: (major, minor) of the PyTorch whose rules to follow; default the installed one.
 
     Raises:
-        ConfigError: `capacity_bytes` is not positive.
+        ConfigError: `capacity_bytes` is not positive, or the reserve leaves nothing usable.
     """
 
-    def __init__(self, config: AllocatorConfig | None = None, capacity_bytes: int | None = None):
+    def __init__(self, config: AllocatorConfig | None = None, capacity_bytes: int | None = None, *,
+                 context_reserve_bytes: int | None = None, torch_version: tuple[int, int] | None = None):
         self.config = config or AllocatorConfig()
         if capacity_bytes is not None and capacity_bytes <= 0:
             raise ConfigError(f"capacity_bytes must be positive, got {capacity_bytes}")
         self.capacity_bytes = capacity_bytes
+        self.context_reserve_bytes = (default_context_reserve_bytes(capacity_bytes)
+                                      if context_reserve_bytes is None else context_reserve_bytes)
+        if capacity_bytes is not None and not 0 <= self.context_reserve_bytes < capacity_bytes:
+            raise ConfigError(f"context_reserve_bytes must be in [0, capacity_bytes), got {self.context_reserve_bytes}")
+        self.torch_version = torch_version or _installed_torch_version()
+        if self.config.backend != "native":
+            logger.warning("backend %s is not simulated; the figures are the native caching allocator's",
+                           self.config.backend)
         self._max_split = self.config.max_split_size_bytes or (1 << 64)
+        self._max_non_split_rounding = self.config.max_non_split_rounding_bytes
         self._expandable = self.config.expandable_segments
-        self._divisions = self.config.roundup_power2_divisions
-        self._limit = self._allowed_bytes()
-        self._gc_on = bool(self.config.garbage_collection_threshold) and self._fraction_set
+        self._divisions = self.config.roundup_intervals()
+        self._usable = None if capacity_bytes is None else capacity_bytes - self.context_reserve_bytes
+        self._fraction_limit = self._fraction_bytes()
+        self._limit = min(x for x in (self._usable, self._fraction_limit, 1 << 64) if x is not None)
+        self._limit = None if self._limit == 1 << 64 else self._limit
+        self._gc_on = bool(self.config.garbage_collection_threshold) and self._fraction_limit is not None
         self._small = BlockPool(small=True)
         self._large = BlockPool(small=False)
         self._active: dict[int, Block] = {}
@@ -84,17 +122,20 @@ class CachingAllocatorSim:
         self.num_alloc_retries = self.num_ooms = 0
 
     @property
-    def _fraction_set(self) -> bool:
-        return self.config.memory_fraction is not None and self.capacity_bytes is not None
+    def usable_bytes(self) -> int | None:
+        """What cudaMalloc can hand out: device total minus the context reserve (None: unlimited)."""
+        return self._usable
 
-    def _allowed_bytes(self) -> int | None:
+    def _fraction_bytes(self) -> int | None:
+        """`allowed_memory_maximum`: fraction x device total, when the PyTorch version keeps the fraction."""
+        fraction = self.config.memory_fraction
         if self.capacity_bytes is None:
-            if self.config.memory_fraction is not None or self.config.garbage_collection_threshold:
+            if fraction is not None or self.config.garbage_collection_threshold:
                 logger.warning("memory_fraction and garbage_collection_threshold need capacity_bytes; ignored")
             return None
-        if self.config.memory_fraction is not None:
-            return int(self.config.memory_fraction * self.capacity_bytes)
-        return self.capacity_bytes
+        if fraction is None or (fraction >= 1.0 and self.torch_version >= _FRACTION_BELOW_ONE_FROM):
+            return None
+        return int(fraction * self.capacity_bytes)
 
     # -- public API --------------------------------------------------------------------------
     def malloc(self, nbytes: int) -> int:
@@ -144,8 +185,8 @@ class CachingAllocatorSim:
     def stats(self) -> dict[str, int]:
         """Counters named after `torch.cuda.memory_stats` ("...all.current/peak") where one exists.
 
-        With expandable segments, `segments` counts the virtual segments (one per pool, rarely
-        more) and `num_device_malloc` / `num_device_free` count map and unmap calls.
+        With expandable segments, `segments` leaves the expandable segments out (as PyTorch's
+        `segment` stat does) and `num_device_malloc` / `num_device_free` count map and unmap calls.
         """
         return {
             "allocated_bytes": self.allocated,
@@ -207,7 +248,7 @@ class CachingAllocatorSim:
                 block = pool.at(i)
         if size < self._max_split <= block.size:
             return None     # never hand out an oversize block for a small request
-        if size >= self._max_split and block.size >= size + LARGE_BUFFER:
+        if size >= self._max_split and block.size >= size + self._max_non_split_rounding:
             return None
         pool.remove(block)
         return block
@@ -346,12 +387,11 @@ class CachingAllocatorSim:
                 if not block.mapped and not block.is_split:
                     # The whole virtual segment is unmapped: give the address range back too.
                     pool.remove(block)
-                    self.segments -= 1
         return True
 
     def _garbage_collect(self) -> None:
         """Free the oldest fully free large segments while reserved exceeds threshold x allowed."""
-        threshold = int(self.config.garbage_collection_threshold * self._limit)
+        threshold = int(self.config.garbage_collection_threshold * self._fraction_limit)
         if self.reserved <= threshold:
             return
         target = self.reserved - threshold
@@ -371,7 +411,13 @@ class CachingAllocatorSim:
 
     # -- expandable segments -----------------------------------------------------------------
     def _alloc_expandable(self, pool: BlockPool, size: int) -> Block | None:
-        """`try_allocate_expandable_block`: map pages at the end of a free range until it fits."""
+        """`try_allocate_expandable_block`: map pages at the end of a free range until it fits.
+
+        The memory-fraction check takes reserved + the request, as `alloc_block` does before it maps;
+        the pages mapped after it must still fit in the device's usable memory.
+        """
+        if self._fraction_limit is not None and self.reserved + size > self._fraction_limit:
+            return None
         candidate = self._find_expandable_block(pool, size)
         if not candidate.mapped and not self._map_block(candidate, min(candidate.size, size)):
             return None
@@ -397,8 +443,8 @@ class CachingAllocatorSim:
         page = SMALL_BUFFER if pool.small else LARGE_BUFFER
         va_size = self.capacity_bytes + self.capacity_bytes // 8 if self.capacity_bytes else _NO_LIMIT_VA
         va_size = -(-va_size // page) * page
+        # PyTorch's `segment` stat counts cudaMalloc'd segments; an expandable one is not among them.
         segment = ExpandableSegment(self._take_addresses(va_size), va_size, page)
-        self.segments += 1
         block = Block(va_size, segment.base, pool, segment)
         block.mapped = False
         pool.insert(block)
@@ -408,7 +454,7 @@ class CachingAllocatorSim:
         segment, pool = block.segment, block.pool
         pages = segment.pages_to_map(block.addr, nbytes)
         mapped = len(pages) * segment.page
-        if self._limit is not None and self.reserved + mapped > self._limit:
+        if self._usable is not None and self.reserved + mapped > self._usable:
             return False
         segment.mapped.update(pages)
         pool.remove(block)

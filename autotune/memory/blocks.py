@@ -15,15 +15,19 @@ MIN_LARGE_ALLOC = 10 << 20      # kMinLargeAlloc
 ROUND_LARGE = 2 << 20           # kRoundLarge: bigger requests get a segment rounded up to this
 
 
-def round_size(nbytes: int, divisions: int | None = None) -> int:
+def round_size(nbytes: int, divisions: int | tuple[int, ...] | None = None) -> int:
     """The block size a request of `nbytes` asks the pools for (`round_size` in the C++).
 
     Args:
         nbytes: the requested bytes.
-        divisions: `roundup_power2_divisions`; only applies above 512 * divisions bytes.
+        divisions: `roundup_power2_divisions`: one count, or PyTorch's table of 16 counts for the
+            power-of-two intervals from 1 MiB up (`AllocatorConfig.roundup_intervals()`); a count
+            applies only above 512 * count bytes.
     """
     if nbytes < MIN_BLOCK:
         return MIN_BLOCK
+    if isinstance(divisions, tuple):
+        divisions = divisions[min(max(nbytes.bit_length() - 1 - 20, 0), len(divisions) - 1)]
     if divisions is not None and divisions > 1 and nbytes > MIN_BLOCK * divisions:
         return _roundup_power2_next_division(nbytes, divisions)
     return -(-nbytes // MIN_BLOCK) * MIN_BLOCK

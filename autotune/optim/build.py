@@ -33,6 +33,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, *, lr: float, frugal
         density=spec.density,
         update_gap=spec.update_gap,
         order=spec.order,
+        window=spec.window,
         state_free_rule=spec.state_free_rule,
         state_free_lr_scale=spec.state_free_lr_scale,
         mode=spec.mode,

@@ -10,13 +10,21 @@ import torch
 from torch import Tensor
 
 from autotune.optim.kernels import adamw_step, decoupled_weight_decay
-from autotune.optim.rotation import active_count
+
+
+def column_count(n_cols: int, density: float) -> int:
+    """int(n_cols * density): the authors' column count, rounded down."""
+    return int(n_cols * density)
 
 
 def draw_columns(param: Tensor, density: float, generator: torch.Generator) -> Tensor:
-    """Sorted int64 indices of round(columns * density) columns of `param`, drawn without replacement."""
+    """Sorted int64 indices of int(columns * density) columns of `param`, drawn without replacement.
+
+    The count rounds down, as the authors' `CoordinateProjector._get_indices` does
+    (`int(total_length * density)`), so a given density keeps the same columns share as the paper's runs.
+    """
     n_cols = param.shape[-1]
-    chosen = torch.randperm(n_cols, generator=generator)[: active_count(n_cols, density)]
+    chosen = torch.randperm(n_cols, generator=generator)[: column_count(n_cols, density)]
     return chosen.sort().values.to(param.device)  # drawn on the CPU generator, used with the weight
 
 

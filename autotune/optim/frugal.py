@@ -25,7 +25,7 @@ from torch import Tensor
 from autotune.errors import ConfigError
 from autotune.optim.columns import column_step, draw_columns
 from autotune.optim.kernels import STATE_FREE_RULES, adamw_step, state_free_step
-from autotune.optim.rotation import ORDERS, BlockSchedule
+from autotune.optim.rotation import ORDERS, WINDOWS, BlockSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,11 @@ class FRUGAL(torch.optim.Optimizer):
         weight_decay: decoupled weight decay on every parameter, p <- p * (1 - lr * wd).
         density: the state-full share of the `rotate` groups (blocks, or columns in column mode).
         update_gap: steps between moves of the window (or re-draws of the columns).
-        order: block visiting order: descending, ascending, random or mirror.
+        order: block visiting order: descending, ascending, random, mirror (the authors': k/2 blocks
+            from each end) or sweep (ascending then descending, cycle by cycle).
+        window: `slide` (the authors' rule: the window slides on by k modulo n and every rotating
+            block's moments restart at each move) or `cycle` (restart from the first block after
+            each pass; blocks that stay active keep their moments). See `autotune.optim.rotation`.
         state_free_rule: signsgd, sgd or none; a group may override it.
         state_free_lr_scale: multiplies lr in the state-free rule; a group may override it.
         mode: "block" or "column".
@@ -92,6 +96,7 @@ class FRUGAL(torch.optim.Optimizer):
         density: float = 0.25,
         update_gap: int = 200,
         order: str = "descending",
+        window: str = "slide",
         state_free_rule: str = "signsgd",
         state_free_lr_scale: float = 1.0,
         mode: str = "block",
@@ -99,7 +104,7 @@ class FRUGAL(torch.optim.Optimizer):
     ) -> None:
         problems = list(_argument_problems(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, density=density, update_gap=update_gap,
-            choices={"order": (order, ORDERS), "state_free_rule": (state_free_rule, STATE_FREE_RULES),
+            choices={"order": (order, ORDERS), "window": (window, WINDOWS), "state_free_rule": (state_free_rule, STATE_FREE_RULES),
                      "mode": (mode, MODES)},
             state_free_lr_scale=state_free_lr_scale,
         ))
@@ -118,7 +123,12 @@ class FRUGAL(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self._step = 0
         self._block_shapes = [tuple(p.shape) for p in self._blocks()]
-        self._schedule = BlockSchedule(len(self._block_shapes), density=density, order=order, seed=seed)
+        try:
+            self._schedule = BlockSchedule(len(self._block_shapes), density=density, order=order, seed=seed,
+                                           window=window)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source="FRUGAL") from None
+        self.window = self._schedule.window
         self._column_generator = torch.Generator().manual_seed(seed)
         if mode == "column" and any(len(shape) < 2 for shape in self._block_shapes):
             raise ConfigError("mode 'column' needs matrices in every rotate group", source="FRUGAL")
@@ -181,7 +191,9 @@ class FRUGAL(torch.optim.Optimizer):
             return
         before = set(self._schedule.active())
         self._schedule.advance()
-        for i in before - set(self._schedule.active()):
+        # The authors reset every rotating block at each move; `cycle` keeps the ones that stay active.
+        dropped = before if self._schedule.resets_every_move else before - set(self._schedule.active())
+        for i in dropped:
             self.state.pop(blocks[i], None)
         logger.debug("FRUGAL step %d: active blocks %s", self._step, self._schedule.active())
 

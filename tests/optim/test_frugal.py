@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from autotune.config import PartitionSpec
+from autotune.errors import ConfigError
 from autotune.optim import FRUGAL, find_blocks, optimizer_state_bytes, partition, rotates
 from autotune.optim.blocks import linear_weights
 
@@ -29,8 +30,9 @@ def test_density_one_matches_torch_adamw(tiny_llama, token_batches, placement):
     model = tiny_llama()
     reference = copy.deepcopy(model)
     spec = PartitionSpec(density=1.0, placement=placement)
-    # update_gap 3: the window moves 6 times, and blocks that stay active must keep their moments
-    frugal = FRUGAL(partition(model, spec), lr=LR, weight_decay=WD, density=1.0, update_gap=3)
+    # update_gap 3: the window moves 6 times, and under `cycle` blocks that stay active keep their
+    # moments (the authors' `slide` restarts them at each move, so it is not AdamW even at density 1)
+    frugal = FRUGAL(partition(model, spec), lr=LR, weight_decay=WD, density=1.0, update_gap=3, window="cycle")
     adamw = torch.optim.AdamW(reference.parameters(), lr=LR, weight_decay=WD, foreach=True)
     batches = token_batches(20)
     _train(model, frugal, batches)
@@ -119,12 +121,13 @@ def _active_windows(optimizer: FRUGAL, blocks: list[nn.Parameter], steps: int) -
     [
         ("descending", [[5, 4, 3], [2, 1, 0], [5, 4, 3]]),
         ("ascending", [[0, 1, 2], [3, 4, 5], [0, 1, 2]]),
-        ("mirror", [[0, 1, 2], [3, 4, 5], [5, 4, 3], [2, 1, 0], [0, 1, 2]]),
+        ("sweep", [[0, 1, 2], [3, 4, 5], [5, 4, 3], [2, 1, 0], [0, 1, 2]]),
     ],
 )
-def test_rotation_visits_blocks_in_order_and_resets_state(order, expected):
+def test_cycle_rotation_visits_blocks_in_order_and_resets_state(order, expected):
     blocks = _quadratic_blocks(6)
-    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.5, order=order, update_gap=2)
+    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.5, order=order, update_gap=2,
+                       window="cycle")
     windows = _active_windows(optimizer, blocks, 2 * len(expected))
     assert windows[::2] == expected and windows[1::2] == expected
     # one step into a window: the block's moments restarted from zero, so its step count is 1 again
@@ -137,22 +140,83 @@ def test_rotation_visits_blocks_in_order_and_resets_state(order, expected):
     assert not any(blocks[i] in optimizer.state for i in inactive)
 
 
-def test_rotation_wraps_and_keeps_state_of_blocks_that_stay_active():
+def test_cycle_rotation_wraps_and_keeps_state_of_blocks_that_stay_active():
     blocks = _quadratic_blocks(5)
     # k = round(5 * 0.4) = 2: windows [4,3], [2,1], [0,4] (wrap), then a new cycle [4,3]
-    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.4, update_gap=1)
+    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.4, update_gap=1, window="cycle")
     assert _active_windows(optimizer, blocks, 4) == [[4, 3], [2, 1], [0, 4], [4, 3]]
     assert optimizer.state[blocks[4]]["step"].item() == 2.0  # active in the last two windows
     assert optimizer.state[blocks[3]]["step"].item() == 1.0
 
 
-def test_random_order_visits_every_block_once_per_cycle():
+def test_random_cycle_visits_every_block_once_per_cycle():
     blocks = _quadratic_blocks(8)
-    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.25, order="random", update_gap=1, seed=3)
+    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.25, order="random", update_gap=1,
+                       seed=3, window="cycle")
     windows = _active_windows(optimizer, blocks, 12)  # three cycles of four windows of two
     cycles = [sum(windows[c * 4 : c * 4 + 4], []) for c in range(3)]
     assert all(sorted(cycle) == list(range(8)) for cycle in cycles)
     assert len({tuple(cycle) for cycle in cycles}) > 1
+
+
+def _steps_and_states(optimizer: FRUGAL, blocks: list[nn.Parameter], steps: int) -> list[tuple[list[int], dict]]:
+    """Per step: the active window and each block's Adam step count (None: no state)."""
+    seen = []
+    for _ in range(steps):
+        for p in blocks:
+            p.grad = p.detach().clone()
+        optimizer.step()
+        counts = {i: (optimizer.state[p]["step"].item() if p in optimizer.state else None) for i, p in enumerate(blocks)}
+        seen.append((optimizer.active_blocks(), counts))
+    return seen
+
+
+def test_sliding_window_matches_the_authors_schedule_n21_k5_over_30_steps():
+    """The authors' BlockOptimizer (github fzmushko/FRUGAL, frugal/proj_optimizer_templates.py, order
+    'descending'): the window starts at block n-1, slides down by k modulo n at every move, never
+    restarting, and at each move every rotating block's state is reset."""
+    n, gap = 21, 2
+    blocks = _quadratic_blocks(n)
+    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.25, update_gap=gap)
+    assert optimizer.window == "slide"                   # the default
+    seen = _steps_and_states(optimizer, blocks, 30)
+    windows = [active for active, _ in seen[::gap]]
+    assert windows[:6] == [[20, 19, 18, 17, 16], [15, 14, 13, 12, 11], [10, 9, 8, 7, 6], [5, 4, 3, 2, 1],
+                           [0, 20, 19, 18, 17], [16, 15, 14, 13, 12]]   # no restart after 0: it slides on
+    assert windows == [[(n - 1 - 5 * w - i) % n for i in range(5)] for w in range(15)]
+    for t, (active, counts) in enumerate(seen):
+        # moments restart at every move: each active block has counted only the steps of its window
+        assert all(counts[i] == t % gap + 1 for i in active)
+        assert all(counts[i] is None for i in set(range(n)) - set(active))
+
+
+def test_the_authors_mirror_takes_half_the_window_from_each_end():
+    n, k = 12, 4
+    blocks = _quadratic_blocks(n)
+    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=k / n, order="mirror", update_gap=1)
+    windows = _active_windows(optimizer, blocks, 4)
+    assert set(windows[0]) == set(range(k // 2)) | set(range(n - k // 2, n))        # {0, 1} | {10, 11}
+    assert [sorted(w) for w in windows] == [[0, 1, 10, 11], [2, 3, 8, 9], [4, 5, 6, 7], [0, 1, 10, 11]]
+
+
+def test_mirror_refuses_an_odd_window_as_the_authors_do():
+    with pytest.raises(ConfigError, match="even number of active blocks"):
+        FRUGAL([{"params": _quadratic_blocks(21), "rotate": True}], lr=LR, density=0.25, order="mirror")
+
+
+def test_random_slide_draws_a_fresh_window_each_move():
+    blocks = _quadratic_blocks(8)
+    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.25, order="random", update_gap=1, seed=3)
+    windows = _active_windows(optimizer, blocks, 12)
+    assert all(len(set(w)) == 2 for w in windows)
+    assert len({tuple(w) for w in windows}) > 4
+
+
+def test_sweep_ignores_the_window_rule():
+    blocks = _quadratic_blocks(4)
+    optimizer = FRUGAL([{"params": blocks, "rotate": True}], lr=LR, density=0.5, order="sweep", update_gap=1)
+    assert optimizer.window == "cycle"
+    assert _active_windows(optimizer, blocks, 4) == [[0, 1], [2, 3], [3, 2], [1, 0]]
 
 
 def _save_and_resume(tmp_path, make, steps_before, batches):
