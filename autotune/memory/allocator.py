@@ -26,7 +26,6 @@ import numbers
 
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError, TrialOOM
-from autotune.memory.device import default_context_reserve_bytes
 from autotune.memory.blocks import (
     LARGE_BUFFER,
     MIN_BLOCK,
@@ -38,6 +37,7 @@ from autotune.memory.blocks import (
     allocation_size,
     round_size,
 )
+from autotune.memory.device import default_context_reserve_bytes
 
 __all__ = ["AllocatorConfig", "CachingAllocatorSim", "SimulatedOutOfMemoryError", "STAT_KEYS"]
 
@@ -116,6 +116,9 @@ class CachingAllocatorSim:
         self._active: dict[int, Block] = {}
         self._next_handle = 1
         self._next_addr = _BASE_ADDR
+        # Where the next cudaMalloc'd segment goes; a trace replay sets it from `segment_alloc` so
+        # that the simulator's addresses are the real ones (tie-breaks and segment frees then match).
+        self.segment_address_hint: int | None = None
         self.allocated = self.reserved = self.inactive_split = 0
         self.peak_allocated = self.peak_reserved = 0
         self.segments = self.num_device_malloc = self.num_device_free = 0
@@ -228,6 +231,64 @@ class CachingAllocatorSim:
                 "blocks": chain,
             })
         return segments
+
+    def seed_segment(self, address: int, total_bytes: int, live: list[tuple[int, int]], *,
+                     small: bool) -> dict[int, int]:
+        """Add a segment that existed before a trace began, holding the `live` (address, size) blocks.
+
+        The gaps between live blocks become free blocks, merged as the allocator keeps them. Peaks
+        are not reset: call `reset_peak_stats()` after seeding to measure from here.
+
+        Returns:
+            The handle of each live block, by its address.
+
+        Raises:
+            ValueError: the live blocks overlap or fall outside the segment.
+        """
+        pool = self._small if small else self._large
+        pieces, cursor, end = [], address, address + total_bytes
+        for addr, size in sorted(live):
+            if addr < cursor or addr + size > end:
+                raise ValueError(f"live block at {addr:#x} ({size} B) does not fit segment {address:#x}")
+            if addr > cursor:
+                pieces.append((cursor, addr - cursor, False))
+            pieces.append((addr, size, True))
+            cursor = addr + size
+        if cursor < end:
+            pieces.append((cursor, end - cursor, False))
+        blocks, previous = [], None
+        for addr, size, allocated in pieces:
+            block = Block(size, addr, pool)
+            if previous is not None:
+                _link_after(previous, block)
+            blocks.append((block, allocated))
+            previous = block
+        handles = {}
+        for block, allocated in blocks:
+            if allocated:
+                block.allocated = True
+                self.allocated += block.size
+                handles[block.addr] = self._next_handle
+                self._active[self._next_handle] = block
+                self._next_handle += 1
+            else:
+                pool.insert(block)
+                if len(blocks) > 1:
+                    self.inactive_split += block.size
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self._add_reserved(total_bytes)
+        self.segments += 1
+        self._next_addr = max(self._next_addr, end + SMALL_BUFFER)
+        return handles
+
+    def release_segment(self, address: int) -> bool:
+        """Give back the whole, entirely free, non-expandable segment at `address`; False if there is none."""
+        for pool in (self._large, self._small):
+            block = pool.by_addr.get(address)
+            if block is not None and not block.is_split and block.segment is None:
+                self._release_block(block)
+                return True
+        return False
 
     def block_size(self, handle: int) -> int:
         """Bytes the block behind `handle` holds (what `allocated_bytes` counts for it)."""
@@ -444,7 +505,7 @@ class CachingAllocatorSim:
         va_size = self.capacity_bytes + self.capacity_bytes // 8 if self.capacity_bytes else _NO_LIMIT_VA
         va_size = -(-va_size // page) * page
         # PyTorch's `segment` stat counts cudaMalloc'd segments; an expandable one is not among them.
-        segment = ExpandableSegment(self._take_addresses(va_size), va_size, page)
+        segment = ExpandableSegment(self._take_addresses(va_size, hinted=False), va_size, page)
         block = Block(va_size, segment.base, pool, segment)
         block.mapped = False
         pool.insert(block)
@@ -497,9 +558,14 @@ class CachingAllocatorSim:
         self.num_device_free += 1
 
     # -- helpers -----------------------------------------------------------------------------
-    def _take_addresses(self, nbytes: int) -> int:
-        addr = self._next_addr
-        self._next_addr += nbytes + SMALL_BUFFER    # a gap, so separate segments never look adjacent
+    def _take_addresses(self, nbytes: int, *, hinted: bool = True) -> int:
+        addr = None
+        if hinted:
+            addr, self.segment_address_hint = self.segment_address_hint, None
+        if addr is None:
+            addr = self._next_addr
+        # a gap after each segment, so separate segments never look adjacent
+        self._next_addr = max(self._next_addr, addr + nbytes + SMALL_BUFFER)
         return addr
 
     def _add_reserved(self, nbytes: int) -> None:

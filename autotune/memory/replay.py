@@ -11,11 +11,12 @@ import numpy as np
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError
 from autotune.memory.allocator import CachingAllocatorSim, SimulatedOutOfMemoryError
+from autotune.memory.snapshot import config_from_snapshot, device_events, free_action_of, initial_state
 from autotune.memory.trace import ALLOC, FREE, Trace
 
 logger = logging.getLogger(__name__)
 
-_SEGMENT_RELEASES = ("segment_free", "segment_unmap")
+_SEGMENT_DELTA = {"segment_alloc": 1, "segment_map": 1, "segment_free": -1, "segment_unmap": -1}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -58,48 +59,106 @@ def replay_trace(trace: Trace, config: AllocatorConfig | None = None, capacity_b
     return Replay(stats=sim.stats(), allocated=allocated, reserved=reserved)
 
 
-def replay_snapshot(snapshot: Mapping[str, Any], config: AllocatorConfig | None = None, *,
-                    capacity_bytes: int | None = None, device: int | None = None) -> dict[str, int]:
-    """Replay a real `torch.cuda.memory._snapshot()` trace through the simulator.
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SnapshotReplay:
+    """A real trace replayed: the simulator's and the real allocator's bytes after every event.
 
-    `alloc` and `free_completed` events drive malloc and free; a burst of `segment_free` /
-    `segment_unmap` events is taken as an `empty_cache()` (the real allocator also emits them when
-    it releases cache on a retry; the simulator repeats that itself only when given a capacity).
-    Frees of blocks allocated before recording started are skipped.
+    `compared` marks the events where both are comparable: every alloc, free and segment release.
+    A `segment_alloc` is the first half of the malloc that follows it, so the simulator catches up
+    one event later and those events are not compared.
+    """
+
+    stats: dict[str, int]
+    actions: list[str]
+    reserved: np.ndarray          # simulator, after each event
+    real_reserved: np.ndarray     # the real allocator, from the seed and the trace's segment events
+    compared: np.ndarray          # bool per event
+    reserved_before: int          # the seed: bytes reserved before the first event
+    real_final: dict[str, int]    # reserved and allocated bytes of the snapshot's final segments
+    skipped_frees: int            # frees of blocks the seed did not know (seed off, or a cut trace)
+    unmatched_releases: int       # segment frees the simulator could not follow (it diverged)
+
+    @property
+    def mismatches(self) -> int:
+        """Compared events where the simulator's reserved bytes differ from the real ones."""
+        return int(np.count_nonzero((self.reserved != self.real_reserved) & self.compared))
+
+
+def replay_snapshot(snapshot: Mapping[str, Any], config: AllocatorConfig | None = None, *,
+                    capacity_bytes: int | None = None, device: int | None = None, seed: bool = True,
+                    context_reserve_bytes: int | None = None) -> dict[str, int]:
+    """Replay a real `torch.cuda.memory._snapshot()` trace through the simulator; its final `stats()`.
+
+    See `replay_snapshot_events`, which this wraps, for the arguments.
+    """
+    return replay_snapshot_events(snapshot, config, capacity_bytes=capacity_bytes, device=device, seed=seed,
+                                  context_reserve_bytes=context_reserve_bytes).stats
+
+
+def replay_snapshot_events(snapshot: Mapping[str, Any], config: AllocatorConfig | None = None, *,
+                           capacity_bytes: int | None = None, device: int | None = None, seed: bool = True,
+                           context_reserve_bytes: int | None = None) -> SnapshotReplay:
+    """Replay a real trace, starting from the memory that existed before recording began.
+
+    `alloc` and `free_completed` (else `free_requested`) drive malloc and free; `segment_alloc` gives
+    the next segment's real address; `segment_free` releases that segment (after `empty_cache()`, an
+    OOM retry or the GC threshold: the trace does not say which, and following it covers all three).
+    The trace is taken as one stream; events of several streams are merged, with a warning.
 
     Args:
-        snapshot: the dict `_snapshot()` returns (or its JSON/pickle loaded back).
-        config: the allocator settings the trace was recorded under.
-        capacity_bytes: the device's memory, for OOM and retry behaviour.
+        snapshot: the dict `_snapshot()` returns (or `load_snapshot` reads back).
+        config: the allocator settings; default the snapshot's own `allocator_settings`.
+        capacity_bytes: the device's total memory, for OOM and retry behaviour.
         device: which entry of `device_traces`; default the busiest.
-
-    Returns:
-        The simulator's `stats()` after the last event.
+        seed: start from the segments and blocks that existed before the first event (the default);
+            False starts from an empty allocator.
+        context_reserve_bytes: passed to the simulator (None: the per-device default).
 
     Raises:
-        ConfigError: the snapshot has no `device_traces` (record with `_record_memory_history`).
+        ConfigError: the snapshot has no `device_traces`.
     """
-    traces = snapshot.get("device_traces") if isinstance(snapshot, Mapping) else None
-    if not traces:
-        raise ConfigError("snapshot has no device_traces; record it with torch.cuda.memory._record_memory_history()")
-    events = traces[device] if device is not None else max(traces, key=len)
-    free_action = "free_completed" if any(e["action"] == "free_completed" for e in events) else "free_requested"
-    sim = CachingAllocatorSim(config, capacity_bytes)
+    device, events = device_events(snapshot, device)
+    config = config or config_from_snapshot(snapshot)
+    if len({e.get("stream", 0) for e in events}) > 1:
+        logger.warning("replay_snapshot: the trace uses several streams; the simulator treats them as one")
+    sim = CachingAllocatorSim(config, capacity_bytes, context_reserve_bytes=context_reserve_bytes)
     handles: dict[int, int] = {}
-    skipped, previous = 0, ""
-    for event in events:
-        action = event["action"]
+    real = before = 0
+    if seed:
+        segments, real = initial_state(snapshot, events, device, config)
+        for segment in segments:
+            handles.update(sim.seed_segment(segment.address, segment.total_bytes, segment.live, small=segment.small))
+        sim.reset_peak_stats()
+        before = real
+    n, free_action = len(events), free_action_of(events)
+    reserved, real_reserved = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    compared = np.ones(n, dtype=bool)
+    skipped = unmatched = 0
+    for i, event in enumerate(events):
+        action, addr = event["action"], event["addr"]
         if action == "alloc":
-            handles[event["addr"]] = sim.malloc(int(event["size"]))
+            handles[addr] = sim.malloc(int(event["size"]))
+            sim.segment_address_hint = None
         elif action == free_action:
-            handle = handles.pop(event["addr"], None)
-            if handle is None:
-                skipped += 1
-            else:
+            handle = handles.pop(addr, None)
+            skipped += handle is None
+            if handle is not None:
                 sim.free(handle)
-        elif action in _SEGMENT_RELEASES and previous not in _SEGMENT_RELEASES:
-            sim.empty_cache()
-        previous = action
+        elif action in ("segment_alloc", "segment_map"):
+            sim.segment_address_hint = addr if action == "segment_alloc" else None
+            compared[i] = False
+        elif action == "segment_free":
+            unmatched += not sim.release_segment(addr)
+        real += _SEGMENT_DELTA.get(action, 0) * int(event["size"])
+        reserved[i], real_reserved[i] = sim.reserved, real
     if skipped:
         logger.info("replay_snapshot: skipped %d frees of blocks allocated before recording", skipped)
-    return sim.stats()
+    if unmatched:
+        logger.warning("replay_snapshot: %d segment frees found no free segment at that address", unmatched)
+    final = [s for s in snapshot.get("segments", []) if s.get("device", device) == device]
+    return SnapshotReplay(
+        stats=sim.stats(), actions=[e["action"] for e in events], reserved=reserved, real_reserved=real_reserved,
+        compared=compared, reserved_before=before, skipped_frees=skipped, unmatched_releases=unmatched,
+        real_final={"reserved_bytes": sum(s["total_size"] for s in final),
+                    "allocated_bytes": sum(s["allocated_size"] for s in final)},
+    )

@@ -3,30 +3,78 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
-from autotune.config import AllocatorConfig
+from autotune.config import AllocatorConfig, effective_alloc_conf
 from autotune.errors import ConfigError
-from autotune.memory.replay import replay_snapshot
+from autotune.memory.replay import replay_snapshot, replay_snapshot_events
+from autotune.memory.snapshot import load_snapshot
 
 MiB = 1 << 20
 DATA = Path(__file__).resolve().parents[1] / "data"
 FIXTURES = sorted(DATA.glob("cuda_snapshot*.json"))
+# Real traces from public repositories (sources and licence in tests/data/README.md), with what each
+# holds: (events, segment_alloc events, bytes reserved before recording began).
+REAL_TRACES = {
+    "snapshot_cs336_silmont_mem.pickle": (97, 9, 0),
+    "snapshot_cs336_silmont_forward_fp32.pickle": (2043, 0, 610_271_232),
+    "snapshot_cs336_magma27.pickle": (5163, 0, 14_180_941_824),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_TRACES))
+def test_seeded_replay_reproduces_reserved_after_every_event_of_a_real_trace(name):
+    snapshot = load_snapshot(DATA / name)
+    events, segment_allocs, reserved_before = REAL_TRACES[name]
+    replay = replay_snapshot_events(snapshot)
+    assert len(replay.actions) == events and replay.actions.count("segment_alloc") == segment_allocs
+    assert replay.compared.sum() == events - segment_allocs
+    assert replay.mismatches == 0
+    assert (replay.reserved[replay.compared] == replay.real_reserved[replay.compared]).all()
+    assert replay.reserved_before == reserved_before
+    assert replay.stats["peak_reserved_bytes"] == max(reserved_before, replay.real_reserved.max())
+    assert replay.stats["reserved_bytes"] == replay.real_final["reserved_bytes"]
+    assert replay.stats["allocated_bytes"] == replay.real_final["allocated_bytes"]
+    assert replay.skipped_frees == 0 and replay.unmatched_releases == 0
+    assert replay_snapshot(snapshot) == replay.stats          # the plain form issue 15's GPU check calls
+
+
+def test_an_unseeded_replay_of_a_mid_run_trace_is_wrong():
+    """Why seeding is the default: from an empty allocator, 2 frees are lost and reserved is off."""
+    snapshot = load_snapshot(DATA / "snapshot_cs336_magma27.pickle")
+    replay = replay_snapshot_events(snapshot, seed=False)
+    assert replay.skipped_frees == 2
+    assert replay.stats["reserved_bytes"] != replay.real_final["reserved_bytes"]
+
+
+def test_snapshot_loader_refuses_every_pickle_global(tmp_path):
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps({"segments": [], "run": print}))     # names builtins.print
+    with pytest.raises(ConfigError, match="refusing global builtins.print"):
+        load_snapshot(path)
+
+
+def test_snapshot_loader_rejects_a_non_snapshot(tmp_path):
+    path = tmp_path / "list.pickle"
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(ConfigError, match="no 'segments'"):
+        load_snapshot(path)
 
 
 def _event(action: str, addr: int, size: int = 0) -> dict:
     return {"action": action, "addr": addr, "size": size, "stream": 0, "frames": []}
 
 
-def test_replay_follows_alloc_free_and_empty_cache_bursts():
+def test_replay_follows_alloc_free_and_segment_frees():
     events = [
         _event("segment_alloc", 0x1000, 2 * MiB), _event("alloc", 0x1000, 1000),
         _event("segment_alloc", 0x9000, 20 * MiB), _event("alloc", 0x9000, 5 * MiB),
         _event("free_requested", 0x9000, 5 * MiB), _event("free_completed", 0x9000, 5 * MiB),
-        _event("segment_free", 0x9000, 20 * MiB),          # the workload called empty_cache()
+        _event("segment_free", 0x9000, 20 * MiB),          # empty_cache(): that segment goes back
         _event("free_completed", 0xdead, 512),              # allocated before recording: skipped
         _event("alloc", 0x20000, 12 * MiB),
     ]
@@ -64,13 +112,13 @@ def test_replay_of_a_real_trace_matches_the_real_allocator():
     snapshot = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     real = torch.cuda.memory_stats()
-    stats = replay_snapshot(snapshot, AllocatorConfig.from_env_string(os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")))
+    stats = replay_snapshot(snapshot, AllocatorConfig.from_environ(os.environ))
     assert stats["peak_reserved_bytes"] == real["reserved_bytes.all.peak"]
     assert stats["peak_allocated_bytes"] == real["allocated_bytes.all.peak"]
     if os.environ.get("AUTOTUNE_RECORD_GPU_FIXTURE"):
         DATA.mkdir(exist_ok=True)
         (DATA / "cuda_snapshot_rlhf_pattern.json").write_text(json.dumps({
-            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+            "alloc_conf": effective_alloc_conf(os.environ),
             "snapshot": _strip_frames(snapshot),
             "expected": {"peak_reserved_bytes": real["reserved_bytes.all.peak"],
                          "peak_allocated_bytes": real["allocated_bytes.all.peak"]},
