@@ -87,6 +87,7 @@ def test_plan_prints_each_phase_and_writes_json(tmp_path):
     for name in names:
         assert name in run.stdout
     assert "critic_train" not in run.stdout
+    assert "Assumes a single CUDA stream" in run.stdout
 
 
 def test_plan_needs_a_model_or_a_config(capsys):

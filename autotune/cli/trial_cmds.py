@@ -137,6 +137,20 @@ def _print_plan(cfg: TrialConfig, result: TrialResult) -> None:
     console.print(table)
     note = f"  ({result.message})" if result.ok and result.message else ""
     console.print(f"planned in {result.wall_time_s:.1f} s{note}")
+    console.print(_assumptions(cfg), soft_wrap=True)
+
+
+def _assumptions(cfg: TrialConfig) -> str:
+    """One line on what the predicted figures assume (docs/MEMORY.md has the detail)."""
+    from autotune.memory.device import default_context_reserve_bytes
+
+    line = ("Assumes a single CUDA stream (ZeRO/FSDP side streams and record_stream can reserve more) "
+            "and PyTorch's native allocator")
+    if cfg.device_memory_gb is not None:
+        total = int(cfg.device_memory_gb * (1 << 30))
+        reserve = default_context_reserve_bytes(total)
+        line += f"; usable memory = {_size(total)} total - {_size(reserve)} CUDA context reserve"
+    return line + "."
 
 
 

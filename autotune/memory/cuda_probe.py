@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from autotune.config import AllocatorConfig
+from autotune.config import AllocatorConfig, effective_alloc_conf
 from autotune.memory.probe import Counters, MemoryProbe
 
 logger = logging.getLogger(__name__)
@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 class CudaProbe(MemoryProbe):
     """Reads `torch.cuda.memory_stats` of the current device.
 
-    Allocator settings act only through `PYTORCH_CUDA_ALLOC_CONF`, which must be set before CUDA
+    Allocator settings act only through `PYTORCH_ALLOC_CONF` (or the older `PYTORCH_CUDA_ALLOC_CONF`,
+    which PyTorch reads when the first is unset), which must be set before CUDA
     initialises (the launcher does that per trial process); a mismatch is logged, not fixed.
     `memory_fraction` is applied with `torch.cuda.set_per_process_memory_fraction`.
     """
@@ -31,10 +32,10 @@ class CudaProbe(MemoryProbe):
         self._spans: list[tuple[str, int]] = []
 
     def _start(self) -> None:
-        wanted = self.allocator.to_env_string()
-        if os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") != wanted:
-            logger.warning("PYTORCH_CUDA_ALLOC_CONF is %r but the trial asks for %r; set it before CUDA starts",
-                           os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), wanted)
+        wanted, seen = self.allocator.to_env_string(), effective_alloc_conf(os.environ)
+        if seen != wanted:
+            logger.warning("the allocator settings in the environment are %r but the trial asks for %r; "
+                           "set PYTORCH_ALLOC_CONF before CUDA starts", seen, wanted)
         if self.allocator.memory_fraction is not None:
             torch.cuda.set_per_process_memory_fraction(self.allocator.memory_fraction)
         torch.cuda.synchronize()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from autotune import __version__
-from autotune.config import TrialConfig
+from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import AutotuneError
 from autotune.result import TrialResult
 
@@ -31,19 +31,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GiB = 1 << 30
-ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+ALLOC_CONF_ENV = ALLOC_CONF_VARS[0]     # PYTORCH_ALLOC_CONF; PyTorch falls back to PYTORCH_CUDA_ALLOC_CONF
 
 
 def apply_allocator_env(cfg: TrialConfig) -> None:
-    """Put the allocator settings in `PYTORCH_CUDA_ALLOC_CONF` for a cuda trial.
+    """Put the allocator settings in `PYTORCH_ALLOC_CONF` and `PYTORCH_CUDA_ALLOC_CONF` for a cuda trial.
 
     The CUDA caching allocator reads the variable once, when CUDA initialises, so this must run
-    first; a value already set (by the launcher or the user) is kept.
+    first. Newer PyTorch reads `PYTORCH_ALLOC_CONF` and falls back to the older name, which older
+    PyTorch reads alone, so both get the value. A value already set under either name (by the
+    launcher or the user) is kept.
     """
     wanted = cfg.memory.allocator.to_env_string()
-    if cfg.device == "cuda" and wanted:
+    if cfg.device == "cuda" and wanted and not any(name in os.environ for name in ALLOC_CONF_VARS):
         # a different value already set is reported once, by the CUDA probe, which sees what CUDA uses
-        os.environ.setdefault(ALLOC_CONF_ENV, wanted)
+        for name in ALLOC_CONF_VARS:
+            os.environ[name] = wanted
 
 
 def plan_trial(cfg: TrialConfig, *, timeline: Path | None = None) -> TrialResult:

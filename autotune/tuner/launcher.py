@@ -1,7 +1,7 @@
 """Runs one trial as a subprocess (`autotune trial`), and pre-screens it with `autotune plan`.
 
 A trial gets its own process so that an OOM or a crash cannot take the controller down, and so
-that `PYTORCH_CUDA_ALLOC_CONF` and `CUDA_VISIBLE_DEVICES` are in place before CUDA initialises.
+that `PYTORCH_ALLOC_CONF` (and the older `PYTORCH_CUDA_ALLOC_CONF`) and `CUDA_VISIBLE_DEVICES` are in place before CUDA initialises.
 Whatever happens, the caller gets a TrialResult: a timeout, a crash without a result file and an
 OOM are each a status with a message, never an exception.
 
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autotune.config import TrialConfig
+from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import ConfigError, StorageError
 from autotune.result import TrialResult
 
@@ -63,11 +63,12 @@ def trial_env(config: TrialConfig, gpu: str | None) -> dict[str, str]:
     env[CONTROLLER_PID_ENV] = str(os.getpid())
     env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else ""
     alloc = config.memory.allocator.to_env_string()
-    if alloc:
-        env["PYTORCH_CUDA_ALLOC_CONF"] = alloc
-    else:
-        # the user's own setting would silently change what this trial measures
-        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+    for name in ALLOC_CONF_VARS:        # PYTORCH_ALLOC_CONF, and the older name for older PyTorch
+        if alloc:
+            env[name] = alloc
+        else:
+            # the user's own setting would silently change what this trial measures
+            env.pop(name, None)
     if config.device != "cuda":
         # CPU trials run tiny models whose ops are too small to split across threads: with torch's
         # default of one thread per core, a llama-tiny trial ran 4x slower (29.6 s vs 7.5 s) on 2 cores.

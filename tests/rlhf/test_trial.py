@@ -204,10 +204,14 @@ def test_deepspeed_config_follows_the_memory_policy():
 def test_allocator_env_is_set_for_cuda_trials_and_never_overrides_the_callers(monkeypatch):
     cfg = TrialConfig().replace(device="cuda", **{"memory.allocator.expandable_segments": True})
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
     apply_allocator_env(cfg.replace(device="cpu"))
-    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ
     apply_allocator_env(cfg)
-    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    # the primary name for newer PyTorch, the older one for older PyTorch
+    assert os.environ["PYTORCH_ALLOC_CONF"] == os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")   # the launcher's or the user's
     apply_allocator_env(cfg)
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64"
+    assert "PYTORCH_ALLOC_CONF" not in os.environ

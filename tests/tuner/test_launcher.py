@@ -20,13 +20,16 @@ from tests.tuner.tuner_helpers import FAKE_COMMAND, fake_launcher, subprocess_en
 CFG = TrialConfig()
 
 
-def test_env_pins_one_gpu_and_this_trials_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
+@pytest.mark.parametrize("user_var", ["PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"])
+def test_env_pins_one_gpu_and_this_trials_allocator(monkeypatch: pytest.MonkeyPatch, user_var: str) -> None:
+    monkeypatch.setenv(user_var, "max_split_size_mb:64")
     cfg = CFG.replace(**{"memory.allocator.expandable_segments": True})
     env = trial_env(cfg, "3")
-    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
-    # the user's global setting must not leak into a trial that asks for PyTorch's defaults
-    assert "PYTORCH_CUDA_ALLOC_CONF" not in trial_env(CFG, None)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    # PyTorch reads PYTORCH_ALLOC_CONF first, older versions only PYTORCH_CUDA_ALLOC_CONF: both carry it
+    assert env["PYTORCH_ALLOC_CONF"] == env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    # the user's global setting, under either name, must not leak into a trial that asks for the defaults
+    assert not {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"} & set(trial_env(CFG, None))
     assert trial_env(CFG, None)["CUDA_VISIBLE_DEVICES"] == ""
 
 
@@ -42,11 +45,12 @@ def test_child_sees_the_environment(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import os, sys, json\nout = sys.argv[sys.argv.index('--out') + 1]\n"
                      "open(out + '.env', 'w').write(json.dumps({k: os.environ.get(k) for k in "
-                     "('CUDA_VISIBLE_DEVICES', 'PYTORCH_CUDA_ALLOC_CONF')}))\n")
+                     "('CUDA_VISIBLE_DEVICES', 'PYTORCH_ALLOC_CONF', 'PYTORCH_CUDA_ALLOC_CONF')}))\n")
     cfg = CFG.replace(**{"memory.allocator.max_split_size_mb": 128})
     launched = run_trial(cfg, tmp_path / "t", launcher=Launcher(trial_command=(sys.executable, str(probe))), gpu="1")
     seen = json.loads((tmp_path / "t" / "result.json.env").read_text())
-    assert seen == {"CUDA_VISIBLE_DEVICES": "1", "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
+    assert seen == {"CUDA_VISIBLE_DEVICES": "1", "PYTORCH_ALLOC_CONF": "max_split_size_mb:128",
+                    "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
     assert launched.result.status == "error" and "no result file" in launched.result.message
 
 
