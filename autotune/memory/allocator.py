@@ -27,17 +27,18 @@ import numbers
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError, TrialOOM
 from autotune.memory.blocks import (
-    LARGE_BUFFER,
     MIN_BLOCK,
     SMALL_BUFFER,
     SMALL_SIZE,
     Block,
     BlockPool,
-    ExpandableSegment,
     allocation_size,
+    grow_size,
+    link_after,
     round_size,
 )
 from autotune.memory.device import default_context_reserve_bytes
+from autotune.memory.expandable import ExpandableSegments
 
 __all__ = ["AllocatorConfig", "CachingAllocatorSim", "SimulatedOutOfMemoryError", "STAT_KEYS"]
 
@@ -48,7 +49,6 @@ STAT_KEYS = (
     "inactive_split_bytes", "segments", "num_device_malloc", "num_device_free",
     "num_alloc_retries", "num_ooms",
 )
-_NO_LIMIT_VA = 1 << 46          # virtual size of an expandable segment when no capacity is given
 _BASE_ADDR = 1 << 32
 # PyTorch 2.10 (pytorch/pytorch#161035, which also added `per_process_memory_fraction` to the
 # allocator config) keeps a fraction only when it is below 1.0, and the GC threshold acts only
@@ -74,7 +74,7 @@ class SimulatedOutOfMemoryError(TrialOOM, MemoryError):
         self.requested_bytes = requested_bytes
 
 
-class CachingAllocatorSim:
+class CachingAllocatorSim(ExpandableSegments):
     """PyTorch's CUDA caching allocator, replayed in Python.
 
     Args:
@@ -260,7 +260,7 @@ class CachingAllocatorSim:
         for addr, size, allocated in pieces:
             block = Block(size, addr, pool)
             if previous is not None:
-                _link_after(previous, block)
+                link_after(previous, block)
             blocks.append((block, allocated))
             previous = block
         handles = {}
@@ -304,7 +304,7 @@ class CachingAllocatorSim:
         block = pool.at(i)
         if block.segment is not None and self._expandable:
             # A block just before unmapped space counts as the size it could grow to.
-            while i + 1 < len(pool.keys) and _grow_size(pool.at(i + 1)) < _grow_size(block):
+            while i + 1 < len(pool.keys) and grow_size(pool.at(i + 1)) < grow_size(block):
                 i += 1
                 block = pool.at(i)
         if size < self._max_split <= block.size:
@@ -470,93 +470,6 @@ class CachingAllocatorSim:
             released = {id(b) for b in old}
             candidates = [b for b in candidates if id(b) not in released]
 
-    # -- expandable segments -----------------------------------------------------------------
-    def _alloc_expandable(self, pool: BlockPool, size: int) -> Block | None:
-        """`try_allocate_expandable_block`: map pages at the end of a free range until it fits.
-
-        The memory-fraction check takes reserved + the request, as `alloc_block` does before it maps;
-        the pages mapped after it must still fit in the device's usable memory.
-        """
-        if self._fraction_limit is not None and self.reserved + size > self._fraction_limit:
-            return None
-        candidate = self._find_expandable_block(pool, size)
-        if not candidate.mapped and not self._map_block(candidate, min(candidate.size, size)):
-            return None
-        while candidate.size < size:
-            following = candidate.next
-            if not self._map_block(following, min(size - candidate.size, following.size)):
-                return None
-            candidate = following
-        pool.remove(candidate)
-        return candidate
-
-    def _find_expandable_block(self, pool: BlockPool, size: int) -> Block:
-        for addr in sorted(pool.unmapped):
-            start = pool.unmapped[addr]
-            if start.prev is not None and not start.prev.allocated:
-                start = start.prev
-            room, block = 0, start
-            while room < size and block is not None and not block.allocated:
-                room += block.size
-                block = block.next
-            if room >= size:
-                return start
-        page = SMALL_BUFFER if pool.small else LARGE_BUFFER
-        va_size = self.capacity_bytes + self.capacity_bytes // 8 if self.capacity_bytes else _NO_LIMIT_VA
-        va_size = -(-va_size // page) * page
-        # PyTorch's `segment` stat counts cudaMalloc'd segments; an expandable one is not among them.
-        segment = ExpandableSegment(self._take_addresses(va_size, hinted=False), va_size, page)
-        block = Block(va_size, segment.base, pool, segment)
-        block.mapped = False
-        pool.insert(block)
-        return block
-
-    def _map_block(self, block: Block, nbytes: int) -> bool:
-        segment, pool = block.segment, block.pool
-        pages = segment.pages_to_map(block.addr, nbytes)
-        mapped = len(pages) * segment.page
-        if self._usable is not None and self.reserved + mapped > self._usable:
-            return False
-        segment.mapped.update(pages)
-        pool.remove(block)
-        block.mapped = True
-        if mapped < block.size:
-            rest = Block(block.size - mapped, block.addr + mapped, pool, segment)
-            rest.mapped = False
-            _link_after(block, rest)
-            pool.insert(rest)
-            block.size = mapped
-        self._try_merge(block, block.prev)
-        self._try_merge(block, block.next)
-        pool.insert(block)
-        self._add_reserved(mapped)
-        self.num_device_malloc += 1             # one per map call, as PyTorch counts it
-        return True
-
-    def _unmap_block(self, block: Block) -> None:
-        segment, pool = block.segment, block.pool
-        pages = segment.pages_to_unmap(block.addr, block.size)
-        if not pages:
-            return
-        pool.remove(block)
-        start, nbytes = segment.page_addr(pages.start), len(pages) * segment.page
-        if start > block.addr:
-            before = Block(start - block.addr, block.addr, pool, segment)
-            _link_before(block, before)
-            pool.insert(before)
-        after_size = block.addr + block.size - (start + nbytes)
-        if after_size > 0:
-            after = Block(after_size, start + nbytes, pool, segment)
-            _link_after(block, after)
-            pool.insert(after)
-        block.addr, block.size, block.mapped = start, nbytes, False
-        segment.mapped.difference_update(pages)
-        self._try_merge(block, block.prev)
-        self._try_merge(block, block.next)
-        pool.insert(block)
-        self.reserved -= nbytes
-        self.num_device_free += 1
-
     # -- helpers -----------------------------------------------------------------------------
     def _take_addresses(self, nbytes: int, *, hinted: bool = True) -> int:
         addr = None
@@ -574,20 +487,3 @@ class CachingAllocatorSim:
             self.peak_reserved = self.reserved
 
 
-def _grow_size(block: Block) -> int:
-    following = block.next
-    return block.size + (following.size if following is not None and not following.mapped else 0)
-
-
-def _link_after(block: Block, new: Block) -> None:
-    new.prev, new.next = block, block.next
-    if block.next is not None:
-        block.next.prev = new
-    block.next = new
-
-
-def _link_before(block: Block, new: Block) -> None:
-    new.prev, new.next = block.prev, block
-    if block.prev is not None:
-        block.prev.next = new
-    block.prev = new

@@ -137,3 +137,24 @@ class ExpandableSegment:
 
     def page_addr(self, page: int) -> int:
         return self.base + page * self.page
+
+def grow_size(block: Block) -> int:
+    """The size a free block could reach by mapping the unmapped range right after it."""
+    following = block.next
+    return block.size + (following.size if following is not None and not following.mapped else 0)
+
+
+def link_after(block: Block, new: Block) -> None:
+    """Put `new` right after `block` in its segment's chain."""
+    new.prev, new.next = block, block.next
+    if block.next is not None:
+        block.next.prev = new
+    block.next = new
+
+
+def link_before(block: Block, new: Block) -> None:
+    """Put `new` right before `block` in its segment's chain."""
+    new.prev, new.next = block.prev, block
+    if block.prev is not None:
+        block.prev.next = new
+    block.prev = new
