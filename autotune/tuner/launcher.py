@@ -1,7 +1,8 @@
 """Runs one trial as a subprocess (`autotune trial`), and pre-screens it with `autotune plan`.
 
 A trial gets its own process so that an OOM or a crash cannot take the controller down, and so
-that `PYTORCH_ALLOC_CONF` (and the older `PYTORCH_CUDA_ALLOC_CONF`) and `CUDA_VISIBLE_DEVICES` are in place before CUDA initialises.
+that `PYTORCH_ALLOC_CONF` (and the older `PYTORCH_CUDA_ALLOC_CONF`) and `CUDA_VISIBLE_DEVICES` are
+in place before CUDA initialises.
 Whatever happens, the caller gets a TrialResult: a timeout, a crash without a result file and an
 OOM are each a status with a message, never an exception.
 
