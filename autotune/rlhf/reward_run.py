@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from autotune import schema
 from autotune.config import PartitionSpec, TrialConfig
+from autotune.errors import AutotuneError
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +162,25 @@ def _canonical(data: dict) -> dict:
         # A static partition is the set of layers it picks: density 0.25 and 0.3 of 4 layers are
         # the same run. The window schedule (order, update_gap) never runs.
         layers = _static_layers(part, data["model"]["actor"])
-        opt["partition"] = {**part, **{name: defaults["optimizer"]["partition"][name]
-                                       for name in ("density", "placement", "order", "update_gap")},
-                            "layers": layers}
+        if layers is not None:
+            opt["partition"] = {**part, **{name: defaults["optimizer"]["partition"][name]
+                                           for name in ("density", "placement", "order", "update_gap")},
+                                "layers": layers}
     else:
         part["update_gap"] = min(part["update_gap"], _optimizer_steps(data["workload"], data["algorithm"]))
     return data
 
 
-def _static_layers(part: dict, model: str) -> list[int]:
+def _static_layers(part: dict, model: str) -> list[int] | None:
+    """The layers a static partition picks on `model`; None when that cannot be known (an unknown
+    model, a layer it lacks): the key keeps the spec as written, and the run reports the problem."""
     from autotune.optim.partition import choose_layers
 
-    spec = schema.from_dict(PartitionSpec, part, source="optimizer.partition")
-    return choose_layers(_n_layers(model), spec)
+    try:
+        spec = schema.from_dict(PartitionSpec, part, source="optimizer.partition")
+        return choose_layers(_n_layers(model), spec)
+    except AutotuneError:
+        return None
 
 
 def _optimizer_steps(workload: dict, algorithm: str) -> int:

@@ -145,6 +145,12 @@ def test_partitions_with_one_key_give_one_reward():
     by_layers = run_reward(small(**{"optimizer.name": "frugal", "optimizer.partition.layers": (3,)}))
     assert by_density.key == by_layers.key
     assert (by_density.reward, by_density.reward_curve) == (by_layers.reward, by_layers.reward_curve)
+    # a rotation window that never moves within the run's 12 optimizer steps: one key, one reward
+    rot = {"optimizer.name": "frugal", "optimizer.partition.placement": "rotate"}
+    gap_200 = run_reward(small(**rot, **{"optimizer.partition.update_gap": 200}))
+    gap_12 = run_reward(small(**rot, **{"optimizer.partition.update_gap": 12}))
+    assert gap_200.key == gap_12.key
+    assert (gap_200.reward, gap_200.reward_curve) == (gap_12.reward, gap_12.reward_curve)
 
 
 def test_the_key_ignores_the_device_and_is_stable():
@@ -214,6 +220,11 @@ def test_a_failed_run_is_an_outcome_not_an_exception(tmp_path):
     outcome = run_reward(small(**{"model.actor": str(tmp_path / "missing")}))
     assert outcome.status == "error" and "does not exist" in outcome.message
     assert outcome.reward is None
+    # a static partition on an unknown model, or on layers the model lacks: still an outcome
+    static = {"optimizer.name": "frugal", "optimizer.partition.placement": "top"}
+    assert run_reward(small(**static, **{"model.actor": str(tmp_path / "missing")})).status == "error"
+    outcome = run_reward(small(**{"optimizer.name": "frugal", "optimizer.partition.layers": (9,)}))
+    assert outcome.status == "error" and "layers" in outcome.message
 
 
 def test_reward_cli_writes_the_outcome(tmp_path):
