@@ -192,9 +192,9 @@ def summary(doc: dict[str, Any]) -> str:
     lines = [f"GPU check ({doc['device']}{', dry run' if doc['dry_run'] else ''}): {m.get('gpu') or 'no GPU'}, "
              f"torch {m.get('torch')}, CUDA {m.get('cuda')}, transformers {m.get('transformers')}; "
              f"{doc['wall_time_s']:.0f} s"]
-    lines += _block("1. traces: simulated vs real reserved after every alloc/free event",
-                    ["trace", "status", "events", "exact", "max diff MiB", "real peak GiB", "sim peak GiB",
-                     "replay_snapshot peak GiB", "mid-run: real / replay peak GiB"],
+    lines += _block("1. traces: simulated vs real reserved after every alloc, free and segment release",
+                    ["trace", "status", "events", "equal", "max diff MiB", "real peak GiB", "sim peak GiB",
+                     "memory_stats peak GiB", "mid-run equal", "mid-run max diff MiB"],
                     [_trace_cells(r) for r in doc["traces"]])
     lines += _block(f"2. plan vs real first iteration, peak reserved error per phase (target {PLAN_TARGET:.0%})",
                     ["config", "generation", "experience", "actor_train", "critic_train", "peak", "within"],
@@ -215,14 +215,11 @@ def summary(doc: dict[str, Any]) -> str:
 
 
 def _trace_cells(r: dict[str, Any]) -> list[str]:
-    whole, mid = r.get("whole") or {}, r.get("midrun") or {}
-    replay_peak = (r.get("replay_snapshot") or {}).get("peak_reserved_bytes")
-    mid_cell = "-" if not mid else (f"{_gib(mid['real_peak_reserved_bytes'])} / "
-                                    f"{_gib(mid['replay_snapshot'].get('peak_reserved_bytes'))}")
-    exact = "-" if not whole else f"{whole['matching_events']}/{whole['compared_events']}"
-    return [r["name"], str(r["status"]), str(r.get("events", "-")), exact, _mib(whole.get("max_abs_diff_bytes")),
+    whole, mid = r.get("whole") or {}, (r.get("midrun") or {}).get("seeded") or {}
+    exact = lambda c: "-" if not c else f"{c['matching_events']}/{c['compared_events']}"  # noqa: E731
+    return [r["name"], str(r["status"]), str(r.get("events", "-")), exact(whole), _mib(whole.get("max_abs_diff_bytes")),
             _gib(whole.get("real_peak_reserved_bytes")), _gib(whole.get("sim_peak_reserved_bytes")),
-            _gib(replay_peak), mid_cell]
+            _gib(r.get("probe_peak_reserved_bytes")), exact(mid), _mib(mid.get("max_abs_diff_bytes"))]
 
 
 def _plan_cells(r: dict[str, Any]) -> list[str]:

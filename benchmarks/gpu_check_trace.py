@@ -1,11 +1,10 @@
 """Allocator traces for the GPU check: save and load snapshots, and hold the simulator against them.
 
 A real trace is `torch.cuda.memory._snapshot()` after `_record_memory_history`: `device_traces`
-holds the events in order, `segments` the allocator's state when the snapshot was taken. Real
-reserved memory after every event follows from the segment events alone (`segment_alloc` and
-`segment_map` add their size, `segment_free` and `segment_unmap` take it away). The simulator
-replays the `alloc` and free events; after each of them its reserved bytes must equal the real
-ones (a segment event is emitted just before the `alloc` that needed it).
+holds the events in order, `segments` the allocator's state when the snapshot was taken.
+`autotune.memory.replay.replay_snapshot_events` replays it: real reserved bytes after every event
+follow from the segment events and the memory reserved before recording began, and the
+simulator, seeded with that memory, must agree after every alloc, free and segment release.
 
 On the CPU dry run there is no real trace. `synthesize_snapshot` turns the storage trace of the
 `cpu` backend into the same shape, with the simulator standing in for the real allocator, so that
@@ -14,12 +13,10 @@ is the simulator against itself: it checks the plumbing, not the simulator.
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import io
 import pickle
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +25,12 @@ import numpy as np
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError
 from autotune.memory.allocator import CachingAllocatorSim
+from autotune.memory.replay import SnapshotReplay, replay_snapshot_events
 from autotune.memory.trace import ALLOC, FREE, Trace
 
 # Kept per event: enough to replay and to line events up with time. Stack frames are dropped, so
 # a snapshot of ~100k events stays a few MB.
 EVENT_KEYS = ("action", "addr", "size", "stream", "time_us")
-_GROW = {"segment_alloc": 1, "segment_map": 1, "segment_free": -1, "segment_unmap": -1}
-_RELEASES = ("segment_free", "segment_unmap")
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -94,130 +90,35 @@ def midrun_snapshot(snapshot: Mapping[str, Any], start: int) -> dict[str, Any]:
     return {**snapshot, "device_traces": [busiest_trace(snapshot)[start:]]}
 
 
-# -- series --------------------------------------------------------------------------------------
-def free_action(events: Sequence[Mapping[str, Any]]) -> str:
-    """`free_completed` where the trace has it (the block is back in its pool), else `free_requested`."""
-    return "free_completed" if any(e["action"] == "free_completed" for e in events) else "free_requested"
+# -- replays ------------------------------------------------------------------------------------
+def summarize_replay(replay: SnapshotReplay) -> dict[str, Any]:
+    """Simulated against real reserved bytes, over the events the replay compares.
 
-
-def segments_reserved_bytes(snapshot: Mapping[str, Any]) -> int:
-    """Reserved bytes when the snapshot was taken: the mapped size of every segment."""
-    return sum(int(seg.get("total_size", 0)) for seg in snapshot.get("segments", []))
-
-
-def _reserved_steps(events: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    deltas = np.fromiter((_GROW.get(e["action"], 0) * int(e["size"]) for e in events), dtype=np.int64,
-                         count=len(events))
-    return np.cumsum(deltas)
-
-
-def reserved_before_recording(snapshot: Mapping[str, Any]) -> int:
-    """Reserved bytes when recording began: the segments' total at snapshot time minus the trace's net growth."""
-    steps = _reserved_steps(busiest_trace(snapshot))
-    return segments_reserved_bytes(snapshot) - (int(steps[-1]) if len(steps) else 0)
-
-
-def real_reserved_series(snapshot: Mapping[str, Any]) -> np.ndarray:
-    """Real reserved bytes after every event of the busiest trace (a mid-run trace starts from
-    what was reserved before recording began)."""
-    return reserved_before_recording(snapshot) + _reserved_steps(busiest_trace(snapshot))
-
-
-def simulated_series(events: Sequence[Mapping[str, Any]], config: AllocatorConfig | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Reserved and allocated bytes of the simulator after every event, and its final stats.
-
-    The same rules as `autotune.memory.replay.replay_snapshot` (which returns only the final
-    stats): `alloc` and the free action drive malloc and free, frees of blocks allocated before
-    recording are skipped, the first event of a burst of segment releases is an `empty_cache()`.
+    `compared_events` are the alloc, free and segment-release events (a `segment_alloc` is the
+    first half of the malloc after it); `matching_events` those where the two agree to the byte;
+    `first_mismatch_event` indexes the trace. Peaks and finals are over the whole series, starting
+    from what was reserved before recording began.
     """
-    sim = CachingAllocatorSim(config)
-    handles: dict[int, int] = {}
-    freeing, previous = free_action(events), ""
-    reserved = np.empty(len(events), dtype=np.int64)
-    allocated = np.empty(len(events), dtype=np.int64)
-    for i, event in enumerate(events):
-        action = event["action"]
-        if action == "alloc":
-            handles[event["addr"]] = sim.malloc(int(event["size"]))
-        elif action == freeing:
-            handle = handles.pop(event["addr"], None)
-            if handle is not None:
-                sim.free(handle)
-        elif action in _RELEASES and previous not in _RELEASES:
-            sim.empty_cache()
-        previous = action
-        reserved[i], allocated[i] = sim.reserved, sim.allocated
-    return reserved, allocated, sim.stats()
-
-
-@dataclass(frozen=True, kw_only=True)
-class SeriesComparison:
-    """Simulated against real reserved bytes, after every alloc and free event.
-
-    Attributes:
-        compared_events: alloc and free events compared (segment events are not: the real
-            allocator emits them just before the alloc that needs them).
-        matching_events: those where the two agree to the byte.
-        max_abs_diff_bytes: the largest disagreement.
-        first_mismatch_event: index (in the trace) of the first disagreement, or None.
-        real_peak_reserved_bytes / sim_peak_reserved_bytes: the peaks over the trace.
-        real_final_reserved_bytes / sim_final_reserved_bytes: after the last event.
-    """
-
-    compared_events: int
-    matching_events: int
-    max_abs_diff_bytes: int
-    first_mismatch_event: int | None
-    real_peak_reserved_bytes: int
-    sim_peak_reserved_bytes: int
-    real_final_reserved_bytes: int
-    sim_final_reserved_bytes: int
-
-    @property
-    def exact(self) -> bool:
-        return self.matching_events == self.compared_events
-
-
-def compare_series(events: Sequence[Mapping[str, Any]], real: np.ndarray, sim: np.ndarray) -> SeriesComparison:
-    """Line up the two reserved series at the alloc and free events."""
-    freeing = free_action(events)
-    idx = np.fromiter((i for i, e in enumerate(events) if e["action"] in ("alloc", freeing)), dtype=np.int64)
-    diff = np.abs(real[idx] - sim[idx]) if len(idx) else np.zeros(0, dtype=np.int64)
+    idx = np.flatnonzero(replay.compared)
+    diff = np.abs(replay.reserved[idx] - replay.real_reserved[idx])
     wrong = np.flatnonzero(diff)
-    return SeriesComparison(
-        compared_events=int(len(idx)),
-        matching_events=int(len(idx) - len(wrong)),
-        max_abs_diff_bytes=int(diff.max(initial=0)),
-        first_mismatch_event=int(idx[wrong[0]]) if len(wrong) else None,
-        real_peak_reserved_bytes=int(real.max(initial=0)),
-        sim_peak_reserved_bytes=int(sim.max(initial=0)),
-        real_final_reserved_bytes=int(real[-1]) if len(real) else 0,
-        sim_final_reserved_bytes=int(sim[-1]) if len(sim) else 0,
-    )
-
-
-def library_replay(snapshot: Mapping[str, Any], config: AllocatorConfig | None) -> dict[str, Any]:
-    """`autotune.memory.replay.replay_snapshot` on the snapshot, its answer as plain numbers.
-
-    It returns the simulator's final stats today; a richer return (stats plus per-event series,
-    as `replay_trace` gives) is read too, so this keeps working when the replay grows.
-    """
-    from autotune.memory.replay import replay_snapshot
-
-    answer = replay_snapshot(snapshot, config)
-    if isinstance(answer, Mapping):
-        return {"stats": dict(answer)}
-    out: dict[str, Any] = {"stats": dict(getattr(answer, "stats", {}))}
-    reserved = getattr(answer, "reserved", None)
-    if reserved is not None:
-        out["reserved"] = np.asarray(reserved, dtype=np.int64)
-    return out
+    before = int(replay.reserved_before)
+    return {
+        "compared_events": int(len(idx)), "matching_events": int(len(idx) - len(wrong)), "exact": not len(wrong),
+        "max_abs_diff_bytes": int(diff.max(initial=0)),
+        "first_mismatch_event": int(idx[wrong[0]]) if len(wrong) else None,
+        "reserved_before_recording_bytes": before,
+        "real_peak_reserved_bytes": int(replay.real_reserved.max(initial=before)),
+        "sim_peak_reserved_bytes": int(replay.reserved.max(initial=before)),
+        "real_final_reserved_bytes": int(replay.real_reserved[-1]) if len(replay.actions) else before,
+        "sim_final_reserved_bytes": int(replay.reserved[-1]) if len(replay.actions) else before,
+        "skipped_frees": int(replay.skipped_frees), "unmatched_releases": int(replay.unmatched_releases),
+    }
 
 
 # -- one recorded trial, analysed ---------------------------------------------------------------
 def analyse_trace(path: Path, config: AllocatorConfig | None, trial: Mapping[str, Any]) -> dict[str, Any]:
-    """Replay a recorded trial's snapshot: the whole recording, then its last iteration as a mid-run trace.
+    """Replay a recorded trial's snapshot: the whole recording, then its later iterations as a mid-run trace.
 
     Args:
         path: the snapshot pickle.
@@ -225,48 +126,28 @@ def analyse_trace(path: Path, config: AllocatorConfig | None, trial: Mapping[str
         trial: the child's result (its probe peaks and the event index of each iteration's end).
 
     Returns:
-        `whole`: simulated vs real reserved after every alloc/free event over the whole
-        recording, which started from an empty allocator; `replay_snapshot`: the library replay's
-        final stats; `midrun`: the iterations after the first as if recording had started there,
-        replayed by `replay_snapshot` (seeded from the segments) and, for contrast, unseeded.
+        `whole`: simulated vs real reserved bytes over the whole recording, which started from an
+        empty allocator; `replay_snapshot`: the simulator's final stats; `midrun`: the iterations
+        after the first as if recording had started there, replayed seeded from the snapshot's
+        segments (as `replay_snapshot` does) and, for contrast, from an empty allocator.
     """
     snapshot = load_snapshot(path)
-    events = busiest_trace(snapshot)
-    real = real_reserved_series(snapshot)
-    sim, _, _ = simulated_series(events, config)
+    whole = replay_snapshot_events(snapshot, config)
     memory = trial.get("memory") or {}
     out: dict[str, Any] = {
-        "events": len(events),
-        "reserved_before_recording_bytes": reserved_before_recording(snapshot),
-        "whole": _comparison_dict(compare_series(events, real, sim)),
-        "replay_snapshot": library_replay(snapshot, config)["stats"],
+        "events": len(whole.actions),
+        "whole": summarize_replay(whole),
+        "replay_snapshot": dict(whole.stats),
         "probe_peak_reserved_bytes": memory.get("peak_reserved_bytes"),
         "probe_peak_allocated_bytes": memory.get("peak_allocated_bytes"),
     }
     marks = (trial.get("snapshot") or {}).get("iteration_event_index") or []
     if len(marks) >= 2 and marks[0] is not None:
-        out["midrun"] = _midrun(midrun_snapshot(snapshot, marks[0] + 1), config, start_event=marks[0] + 1)
+        mid = midrun_snapshot(snapshot, marks[0] + 1)
+        out["midrun"] = {"start_event": marks[0] + 1, "events": len(busiest_trace(mid)),
+                         "seeded": summarize_replay(replay_snapshot_events(mid, config)),
+                         "unseeded": summarize_replay(replay_snapshot_events(mid, config, seed=False))}
     return out
-
-
-def _midrun(snapshot: dict[str, Any], config: AllocatorConfig | None, *, start_event: int) -> dict[str, Any]:
-    events = busiest_trace(snapshot)
-    real = real_reserved_series(snapshot)
-    library = library_replay(snapshot, config)
-    unseeded, _, _ = simulated_series(events, config)
-    series = library.get("reserved")
-    return {
-        "start_event": start_event, "events": len(events),
-        "reserved_before_recording_bytes": reserved_before_recording(snapshot),
-        "real_peak_reserved_bytes": int(real.max(initial=0)), "real_final_reserved_bytes": int(real[-1]) if len(real) else 0,
-        "replay_snapshot": library["stats"],
-        "replay_snapshot_series": None if series is None else _comparison_dict(compare_series(events, real, series)),
-        "unseeded": _comparison_dict(compare_series(events, real, unseeded)),
-    }
-
-
-def _comparison_dict(comparison: SeriesComparison) -> dict[str, Any]:
-    return {**dataclasses.asdict(comparison), "exact": comparison.exact}
 
 
 # -- the dry run's stand-in for a real trace -----------------------------------------------------

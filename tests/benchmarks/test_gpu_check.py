@@ -17,6 +17,7 @@ import pytest
 
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError
+from autotune.memory.replay import replay_snapshot, replay_snapshot_events
 from autotune.memory.trace import ALLOC, EMPTY_CACHE, FREE, Trace
 from benchmarks import gpu_check as gc
 from benchmarks import gpu_check_report as rep
@@ -46,20 +47,18 @@ def test_synthetic_snapshot_round_trips_and_replays_to_the_hand_figures(tmp_path
     path = tmp_path / "t.pickle.gz"
     gt.save_snapshot(snapshot, path)
     loaded = gt.load_snapshot(path)
-    events = gt.busiest_trace(loaded)
 
-    actions = [e["action"] for e in events]
+    actions = [e["action"] for e in gt.busiest_trace(loaded)]
     assert actions == ["segment_alloc", "alloc", "segment_alloc", "alloc", "free_requested", "free_completed",
                        "segment_free", "segment_alloc", "alloc"]
     assert index_of == [1, 3, 5, 6, 8]
-    real = gt.real_reserved_series(loaded)
-    assert real[index_of].tolist() == [2 * MiB, 22 * MiB, 22 * MiB, 2 * MiB, 14 * MiB]
-    assert gt.reserved_before_recording(loaded) == 0
-    sim, _, stats = gt.simulated_series(events)
-    comparison = gt.compare_series(events, real, sim)
-    assert comparison.exact and comparison.compared_events == 4          # 3 allocs + 1 completed free
-    assert comparison.real_peak_reserved_bytes == comparison.sim_peak_reserved_bytes == 22 * MiB
-    assert gt.library_replay(loaded, None)["stats"]["peak_reserved_bytes"] == 22 * MiB
+    replay = replay_snapshot_events(loaded, AllocatorConfig())
+    assert replay.real_reserved[index_of].tolist() == [2 * MiB, 22 * MiB, 22 * MiB, 2 * MiB, 14 * MiB]
+    summary = gt.summarize_replay(replay)
+    assert summary["exact"] and summary["compared_events"] == 6     # 3 allocs, 2 frees, 1 segment release
+    assert summary["reserved_before_recording_bytes"] == 0
+    assert summary["real_peak_reserved_bytes"] == summary["sim_peak_reserved_bytes"] == 22 * MiB
+    assert replay_snapshot(loaded, AllocatorConfig())["peak_reserved_bytes"] == 22 * MiB
 
 
 def test_expandable_segments_become_map_and_unmap_events() -> None:
@@ -67,34 +66,34 @@ def test_expandable_segments_become_map_and_unmap_events() -> None:
     snapshot, _ = gt.synthesize_snapshot(_trace(PATTERN), config)
     events = gt.busiest_trace(snapshot)
 
-    assert {"segment_map", "segment_unmap"} <= {e["action"] for e in events}
-    assert "segment_alloc" not in {e["action"] for e in events}
-    sim, _, _ = gt.simulated_series(events, config)
-    assert gt.compare_series(events, gt.real_reserved_series(snapshot), sim).exact
+    assert [e["action"] for e in events if e["action"].startswith("segment")] == [
+        "segment_map", "segment_map", "segment_unmap", "segment_map"]
+    assert [e["size"] for e in events if e["action"].startswith("segment")] == [2 * MiB, 20 * MiB, 20 * MiB, 20 * MiB]
+    no_empty_cache = _trace([row for row in PATTERN if row[0] != EMPTY_CACHE])
+    grown, _ = gt.synthesize_snapshot(no_empty_cache, config)
+    assert gt.summarize_replay(replay_snapshot_events(grown, config))["exact"]
 
 
 def test_a_wrong_allocator_setting_shows_as_mismatching_events() -> None:
     snapshot, _ = gt.synthesize_snapshot(_trace(PATTERN))
-    events = gt.busiest_trace(snapshot)
-    sim, _, _ = gt.simulated_series(events, AllocatorConfig(expandable_segments=True))
-    comparison = gt.compare_series(events, gt.real_reserved_series(snapshot), sim)
+    summary = gt.summarize_replay(replay_snapshot_events(snapshot, AllocatorConfig(expandable_segments=True)))
 
-    # Up to the 12 MiB request both give the same reserved bytes; then the real allocator makes a
-    # 12 MiB segment while an expandable pool maps a whole 20 MiB page: 8 MiB apart.
-    assert not comparison.exact and comparison.matching_events == 3
-    assert comparison.first_mismatch_event == 8 and comparison.max_abs_diff_bytes == 8 * MiB
+    # The two agree until empty_cache: the real allocator frees its 20 MiB segment (event 6), a
+    # simulator with one expandable pool has no such segment to free and keeps its pages: 20 MiB apart.
+    assert not summary["exact"] and summary["first_mismatch_event"] == 6
+    assert summary["max_abs_diff_bytes"] == 20 * MiB
 
 
-def test_a_midrun_slice_starts_from_what_was_reserved() -> None:
+def test_a_midrun_slice_is_replayed_from_what_was_reserved() -> None:
     snapshot, index_of = gt.synthesize_snapshot(_trace(PATTERN))
     mid = gt.midrun_snapshot(snapshot, index_of[1] + 1)          # after the 5 MiB alloc
 
-    assert gt.reserved_before_recording(mid) == 22 * MiB
-    real = gt.real_reserved_series(mid)
-    assert real.tolist() == [22 * MiB, 22 * MiB, 2 * MiB, 14 * MiB, 14 * MiB]
-    events = gt.busiest_trace(mid)
-    unseeded, _, _ = gt.simulated_series(events)                 # starts empty: it cannot agree
-    assert not gt.compare_series(events, real, unseeded).exact
+    seeded = replay_snapshot_events(mid, AllocatorConfig())
+    assert seeded.reserved_before == 22 * MiB
+    assert seeded.real_reserved.tolist() == [22 * MiB, 22 * MiB, 2 * MiB, 14 * MiB, 14 * MiB]
+    assert gt.summarize_replay(seeded)["exact"]
+    unseeded = replay_snapshot_events(mid, AllocatorConfig(), seed=False)    # starts empty: it cannot agree
+    assert not gt.summarize_replay(unseeded)["exact"]
 
 
 def test_analyse_trace_reports_whole_and_midrun(tmp_path: Path) -> None:
@@ -107,9 +106,10 @@ def test_analyse_trace_reports_whole_and_midrun(tmp_path: Path) -> None:
 
     assert out["whole"]["exact"] and out["whole"]["real_peak_reserved_bytes"] == 22 * MiB
     assert out["replay_snapshot"]["peak_allocated_bytes"] == 12 * MiB + 1024     # 1000 B rounds to 1024
-    assert out["midrun"]["start_event"] == index_of[1] + 1
-    assert out["midrun"]["reserved_before_recording_bytes"] == 22 * MiB
-    assert out["midrun"]["real_final_reserved_bytes"] == 14 * MiB
+    mid = out["midrun"]
+    assert mid["start_event"] == index_of[1] + 1 and mid["events"] == 5
+    assert mid["seeded"]["exact"] and mid["seeded"]["reserved_before_recording_bytes"] == 22 * MiB
+    assert mid["seeded"]["real_final_reserved_bytes"] == 14 * MiB and not mid["unseeded"]["exact"]
 
 
 def test_snapshot_pickles_with_code_are_refused(tmp_path: Path) -> None:
@@ -315,14 +315,15 @@ def test_cpu_dry_run_writes_the_full_document(tmp_path: Path) -> None:
         assert t["status"] == "ok" and t["synthetic"] and not t["history_full"]
         assert (out / t["snapshot_file"]).stat().st_size == t["snapshot_bytes"] > 0
         assert t["whole"]["exact"] and t["whole"]["compared_events"] > 100
-        assert t["reserved_before_recording_bytes"] == 0
+        assert t["whole"]["reserved_before_recording_bytes"] == 0
         # the probe's live simulator, the replayed series and replay_snapshot agree on the peaks
         assert t["probe_peak_reserved_bytes"] == t["whole"]["real_peak_reserved_bytes"] \
             == t["replay_snapshot"]["peak_reserved_bytes"] > 0
         assert t["probe_peak_allocated_bytes"] == t["replay_snapshot"]["peak_allocated_bytes"]
         mid = t["midrun"]
         assert mid["start_event"] == t["iteration_event_index"][0] + 1
-        assert mid["reserved_before_recording_bytes"] > 0
+        assert mid["seeded"]["exact"] and mid["seeded"]["reserved_before_recording_bytes"] > 0
+        assert not mid["unseeded"]["exact"]
 
     plan = {r["name"]: r for r in doc["plan"]["rows"]}
     assert doc["plan"]["status"] == "ok" and set(plan) == {"trace:ppo", "trace:grpo", *(
@@ -374,6 +375,6 @@ def test_real_gpu_traces_replay_to_the_real_reserved_bytes(recorded: dict | None
     out = gt.analyse_trace(GPU_FIXTURES / recorded["snapshot_file"], config, trial)
 
     assert out["whole"]["exact"], out["whole"]
-    assert out["replay_snapshot"]["peak_reserved_bytes"] == recorded["probe_peak_reserved_bytes"]
-    midrun = out["midrun"]
-    assert midrun["replay_snapshot"]["peak_reserved_bytes"] == midrun["real_peak_reserved_bytes"]
+    assert out["whole"]["real_peak_reserved_bytes"] == out["whole"]["sim_peak_reserved_bytes"] \
+        == recorded["probe_peak_reserved_bytes"]
+    assert out["midrun"]["seeded"]["exact"], out["midrun"]["seeded"]
