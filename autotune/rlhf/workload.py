@@ -130,7 +130,12 @@ class RLHFWorkload:
             self.critic_up = make_updater(self.critic, critic_opt, self.cfg, probe=self.probe, micro_batch=w.micro_batch)
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.device) if self.device.type == "cuda" else model
+        if self.device.type == "cuda":
+            return model.to(self.device)
+        # Weights loaded from a local folder are mapped from the safetensors file without an aten op,
+        # so the storage tracer never saw them being made; a simulated device holds them all the same.
+        self.probe.track(model)
+        return model
 
     def _frozen(self, model: torch.nn.Module, *, offloaded: bool) -> torch.nn.Module:
         model = model.eval().requires_grad_(False)

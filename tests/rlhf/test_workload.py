@@ -134,3 +134,22 @@ def test_rotating_frugal_is_rejected_under_zero():
         frugal.replace(**{"optimizer.partition.placement": "rotate"})
     # AdamW ignores the partition, so its (default, rotating) spec is no obstacle to ZeRO
     TrialConfig().replace(**{"memory.zero_stage": 2})
+
+
+def test_a_model_from_a_local_folder_counts_its_weights_like_the_preset(tmp_path):
+    """Weights that from_pretrained maps from safetensors make no aten op the tracer sees; setup must
+    still put them on the simulated device, or every local model (smollm2 too) looks nearly free."""
+    from autotune.memory.probe import make_probe
+    from autotune.rlhf.models import build_policy
+    from autotune.rlhf.workload import RLHFWorkload
+
+    build_policy("llama-tiny").save_pretrained(tmp_path / "policy")
+    setup_bytes = {}
+    for actor in ("llama-tiny", str(tmp_path / "policy")):
+        cfg = TrialConfig.from_dict({"model": {"actor": actor, "critic": "llama-tiny"}, "device": "cpu"})
+        probe = make_probe("cpu")
+        with probe:
+            RLHFWorkload(cfg, probe).setup()
+            setup_bytes[actor] = probe.report().peak_allocated_bytes
+    preset, folder = setup_bytes.values()
+    assert folder == preset   # critic and reward are presets in both runs: only the actor's source differs
