@@ -163,3 +163,18 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert plain.returncode == debug.returncode == 1
     assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
     assert plain.stderr.strip().splitlines()[-1] == debug.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("workload", "needle"), [
+    ("{task: no-such-task}", "unknown task 'no-such-task'"),
+    ("{prompts_file: prompts.txt}", "line 1: not JSON"),
+])
+def test_an_unknown_task_or_a_non_jsonl_prompts_file_fails_before_any_trial(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], workload: str, needle: str) -> None:
+    (tmp_path / "prompts.txt").write_text("just a sentence, not JSON\n")
+    (tmp_path / "space.yaml").write_text(f"base: {{device: cpu, workload: {workload}}}\n"
+                                         "dimensions: {memory.static_kv_cache: [false, true]}\n"
+                                         "objectives: [{metric: reward, direction: maximize}]\n")
+    code, _, err = _main([*SEARCH[:3], "--space", "space.yaml", "--study", "s", "--budget-gb", "0.025"], capsys)
+    assert code == 1 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
