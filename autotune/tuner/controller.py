@@ -193,11 +193,13 @@ class Controller:
                     pass
                 if not self._signals and not self._errors:
                     return self._finish()
-        except BaseException:
-            # a KeyboardInterrupt where no handler could be installed (not the main thread)
+        except BaseException as exc:
+            # an error before or after the trials, or a KeyboardInterrupt where no handler could be
+            # installed (not the main thread)
             self.cancel.set()
-            self._all_done.wait(_KILL_WAIT_S)
-            self._close(None, "KILLED")
+            if any(w.is_alive() for w in workers):
+                self._all_done.wait(_KILL_WAIT_S)
+            self._close(None, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         finally:
             end_all()   # whatever state the workers are in, no trial outlives this call
