@@ -28,6 +28,7 @@ from autotune.config import MemoryConfig, TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
 from autotune.tuner import advisor, study as studies
+from autotune.tuner.interrupts import deferred_signals, signals_to_flag
 from autotune.tuner.launcher import Launcher, end_all, prescreen, run_trial
 from autotune.tuner.recommend import Recommendation, recommend, write_outputs
 from autotune.tuner.scoring import score
@@ -40,7 +41,6 @@ USER_ATTR_CANCELLED = "autotune.cancelled"
 USER_ATTR_INVALID = "autotune.invalid"    # the sampled combination failed validation; why
 USER_ATTR_OWNER = "autotune.owner"        # the controller running the trial: see autotune.owner
 _WAIT_S = 0.5
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _KILL_WAIT_S = 15.0     # how long an interrupted run waits for its workers to end their trials
 _OWNER_SETTLE_S = 2.0   # a trial younger than this may not have its owner written yet
 
@@ -145,7 +145,7 @@ class Controller:
         self.space = with_budget(settings.space, self.budget_gb)
         self.storage_url = settings.storage or studies.default_storage(settings.study)
         sampler = studies.make_sampler(settings.sampler, settings.seed)   # a bad seed fails before any file exists
-        with _deferred_signals():   # Optuna creates its tables in steps: a Ctrl-C waits until they all exist
+        with deferred_signals():   # Optuna creates its tables in steps: a Ctrl-C waits until they all exist
             self.storage = studies.open_storage(self.storage_url, heartbeat_interval_s=settings.heartbeat_interval_s,
                                                 grace_period_s=settings.grace_period_s)
             self.study = studies.open_study(
@@ -183,7 +183,7 @@ class Controller:
                    for gpu in (self.settings.gpus or (None,))]
         self._busy = len(workers)
         try:
-            with _signals_to_flag(self._on_signal):
+            with signals_to_flag(self._on_signal):
                 self._enqueue_baseline()
                 if self.tracker is not None:
                     self.tracker.start_search(self._tracking_settings())
@@ -469,30 +469,6 @@ class Controller:
         return {"study": s.study, "space": self.space.source, "n_trials": s.n_trials, "sampler": s.sampler,
                 "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(s.gpus) or "cpu",
                 "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url}
-
-
-@contextlib.contextmanager
-def _signals_to_flag(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Within: SIGINT and SIGTERM call `on_signal(signum)` instead of raising; main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: on_signal(signum)) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _deferred_signals() -> Iterator[None]:
-    """Within: a SIGINT or SIGTERM waits, and is raised as KeyboardInterrupt once the block is done."""
-    caught: list[int] = []
-    with _signals_to_flag(caught.append):
-        yield
-    if caught:
-        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
