@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="autotune", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        _exit_interrupted()
     except click.UsageError as exc:   # one line, like every other error
         command = exc.ctx.command_path if exc.ctx is not None else "autotune"
         click.secho(f"error: {exc.format_message()} (see `{command} --help`)", fg="red", err=True)
@@ -65,10 +65,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        _exit_interrupted()
     except Exception as exc:  # noqa: BLE001 - the one place every error becomes a message
         _report(exc)
         sys.exit(1)
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 after a handled Ctrl-C or SIGTERM.
+
+    CPython 3.11 notes a KeyboardInterrupt that escapes code run through exec() of a string (as
+    dataclasses and namedtuple do while a module imports) and, at exit, kills the process with
+    SIGINT even when the interrupt was handled. Evaluating any string resets that note.
+    """
+    exec("pass")  # noqa: S102 - resets CPython's unhandled-KeyboardInterrupt flag; see the docstring
+    sys.exit(130)
 
 
 def _report(exc: Exception) -> None:
