@@ -13,6 +13,7 @@ and `autotune plan` call first, ends the trial's group once its controller is go
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,15 +23,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import ConfigError, StorageError
 from autotune.result import TrialResult
 
+if TYPE_CHECKING:
+    from autotune.rlhf.reward_run import RewardOutcome
+
 log = logging.getLogger(__name__)
+_GiB = float(1 << 30)
 
 TRIAL_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "trial")
 PLAN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "plan")
+REWARD_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "reward")
 _KILL_GRACE_S = 5.0
 _POLL_S = 0.02   # how often a waiting controller checks for Ctrl-C; small next to any trial
 CONTROLLER_PID_ENV = "AUTOTUNE_CONTROLLER_PID"   # tells a trial whom to watch
@@ -45,6 +52,7 @@ class Launcher:
 
     trial_command: tuple[str, ...] = TRIAL_COMMAND
     plan_command: tuple[str, ...] = PLAN_COMMAND
+    reward_command: tuple[str, ...] = REWARD_COMMAND
     timeout_s: float | None = None
     timeline: bool = False            # ask the trial for timeline.png (costs a matplotlib import)
 
@@ -97,7 +105,7 @@ def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: 
     argv = [*launcher.trial_command, "--config", str(config_path), "--out", str(out_path)]
     if launcher.timeline:
         argv += ["--timeline", str(trial_dir / "timeline.png")]
-    start = time.perf_counter()
+    start, available_gb = time.perf_counter(), host_available_gb()
     code = _run(argv, trial_dir / "trial.log", trial_env(config, gpu), launcher.timeout_s, cancel)
     elapsed = time.perf_counter() - start
     if code == _CANCELLED:
@@ -106,9 +114,31 @@ def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: 
     if code is None:
         result = _failed(config, "timeout", f"timed out after {launcher.timeout_s:g} s", elapsed)
     else:
-        result = _read_result(config, out_path, code, trial_dir / "trial.log", elapsed)
+        result = _read_result(config, out_path, code, trial_dir / "trial.log", elapsed, available_gb=available_gb)
     log.info("trial %s: %s %s", trial_dir.name, result.status, result.message)
     return Launched(result=result, subprocess_s=elapsed)
+
+
+def plan(config: TrialConfig, trial_dir: Path, *, launcher: Launcher) -> TrialResult | None:
+    """`autotune plan` of `config` at full size (fake tensors, simulator) in a subprocess.
+
+    Returns:
+        The plan's result (its status may be ok or oom), or None when planning itself failed or did
+        not finish (logged as a warning).
+    """
+    config_path, out_path = trial_dir / "plan.yaml", trial_dir / "plan.json"
+    _write_config(config, config_path)
+    out_path.unlink(missing_ok=True)
+    argv = [*launcher.plan_command, "--config", str(config_path), "--out", str(out_path)]
+    code = _run(argv, trial_dir / "plan.log", trial_env(config, None), launcher.timeout_s)
+    if code is None or code == _CANCELLED:
+        log.warning("trial %s: plan did not finish", trial_dir.name)
+        return None
+    try:
+        return TrialResult.load(out_path)
+    except ConfigError as exc:
+        log.warning("trial %s: plan failed (exit %s): %s", trial_dir.name, code, exc)
+        return None
 
 
 def prescreen(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, budget_gb: float) -> TrialResult | None:
@@ -118,26 +148,57 @@ def prescreen(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, budge
         None when the prediction fits the budget, or when planning itself failed (logged as a
         warning: the trial then runs and measures for real).
     """
-    config_path, out_path = trial_dir / "trial.yaml", trial_dir / "plan.json"
-    _write_config(config, config_path)
-    argv = [*launcher.plan_command, "--config", str(config_path), "--out", str(out_path)]
-    code = _run(argv, trial_dir / "plan.log", trial_env(config, None), launcher.timeout_s)
-    if code is None or code == _CANCELLED:
-        log.warning("trial %s: plan did not finish; running the trial anyway", trial_dir.name)
-        return None
-    try:
-        plan = TrialResult.load(out_path)
-    except ConfigError as exc:
-        log.warning("trial %s: plan failed (exit %s): %s; running it anyway", trial_dir.name, code, exc)
-        return None
-    if plan.memory is None or plan.memory.peak_reserved_gb <= budget_gb:
+    planned = plan(config, trial_dir, launcher=launcher)
+    if planned is None or planned.memory is None or planned.memory.peak_reserved_gb <= budget_gb:
         return None
     return TrialResult(
-        config_hash=config.config_hash(), status="prescreened", backend=plan.backend, memory=plan.memory,
-        message=f"predicted peak reserved {plan.memory.peak_reserved_gb:.3f} GiB "
-        f"(in {plan.memory.peak_phase}) exceeds the {budget_gb:g} GiB budget",
-        failed_phase=plan.memory.peak_phase, wall_time_s=plan.wall_time_s,
+        config_hash=config.config_hash(), status="prescreened", backend=planned.backend, memory=planned.memory,
+        message=f"predicted peak reserved {planned.memory.peak_reserved_gb:.3f} GiB "
+        f"(in {planned.memory.peak_phase}) exceeds the {budget_gb:g} GiB budget",
+        failed_phase=planned.memory.peak_phase, wall_time_s=planned.wall_time_s,
     )
+
+
+def run_reward(reward_config: TrialConfig, run_dir: Path, *, launcher: Launcher, proxy_for: str,
+               gpu: str | None = None, cancel: threading.Event | None = None) -> RewardOutcome | None:
+    """Run `autotune reward` on `reward_config` (from `reward_run.reward_config`) in a subprocess.
+
+    `proxy_for` is the model the trial names; where the run's model differs, its outcome is a proxy's.
+
+    Returns:
+        Its RewardOutcome (a failed run is an outcome with its status), or None when cancelled.
+    """
+    from autotune.rlhf.reward_run import RewardOutcome, reward_key
+
+    config_path, out_path = run_dir / "reward.yaml", run_dir / "reward.json"
+    _write_config(reward_config, config_path)
+    out_path.unlink(missing_ok=True)
+    argv = [*launcher.reward_command, "--config", str(config_path), "--out", str(out_path), "--proxy-for", proxy_for]
+    start, available_gb = time.perf_counter(), host_available_gb()
+    code = _run(argv, run_dir / "reward.log", trial_env(reward_config, gpu), launcher.timeout_s, cancel)
+    elapsed = time.perf_counter() - start
+    if code == _CANCELLED:
+        return None
+    key, model = reward_key(reward_config), reward_config.model.actor
+    proxy = model != proxy_for
+    if code is None:
+        return RewardOutcome(key=key, model=model, proxy=proxy, steps=0, status="timeout", wall_time_s=elapsed,
+                             message=f"reward run timed out after {launcher.timeout_s:g} s")
+    if out_path.is_file():
+        try:
+            return RewardOutcome.from_dict(json.loads(out_path.read_text()))
+        except (ConfigError, ValueError) as exc:
+            return RewardOutcome(key=key, model=model, proxy=proxy, steps=0, status="error", wall_time_s=elapsed,
+                                 message=f"exit code {code}, unreadable reward result: {exc}")
+    return RewardOutcome(key=key, model=model, proxy=proxy, steps=0, status="error", wall_time_s=elapsed,
+                         message=_no_result(code, run_dir / "reward.log", available_gb))
+
+
+def host_available_gb() -> float:
+    """Memory the host can give a new process now (MemAvailable), in GiB."""
+    import psutil
+
+    return psutil.virtual_memory().available / _GiB
 
 
 _CANCELLED = -(1 << 16)   # not an exit code any process can return
@@ -259,14 +320,33 @@ def watch_controller() -> None:
     threading.Thread(target=watch, name="watch-controller", daemon=True).start()
 
 
-def _read_result(config: TrialConfig, path: Path, code: int, log_path: Path, elapsed: float) -> TrialResult:
+def _read_result(config: TrialConfig, path: Path, code: int, log_path: Path, elapsed: float, *,
+                 available_gb: float | None = None) -> TrialResult:
     if path.is_file():
         try:
             return TrialResult.load(path)
         except ConfigError as exc:
             return _failed(config, "error", f"exit code {code}, unreadable result: {exc}", elapsed)
-    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-    return _failed(config, "error", f"exit code {code} and no result file; log tail: {' | '.join(tail)}", elapsed)
+    return _failed(config, "error", _no_result(code, log_path, available_gb), elapsed)
+
+
+def _no_result(code: int, log_path: Path, available_gb: float | None) -> str:
+    """Why a child left no result: the signal that killed it by name, else its exit code; and its log tail."""
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:] if log_path.is_file() else []
+    log_tail = f"; log tail: {' | '.join(tail)}" if tail else ""
+    if code >= 0:
+        return f"exit code {code} and no result file{log_tail}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        # Nothing in the controller sends a bare SIGKILL to a live child except past a timeout's
+        # grace period (reported as a timeout), so a SIGKILL here came from outside: on a host
+        # that ran short of memory, the kernel's OOM killer.
+        host = f"; the host had {available_gb:.1f} GiB available at launch" if available_gb is not None else ""
+        return f"killed by SIGKILL, most likely the OS out-of-memory killer{host}{log_tail}"
+    return f"killed by {name}{log_tail}"
 
 
 def _failed(config: TrialConfig, status: str, message: str, elapsed: float) -> TrialResult:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -149,3 +150,15 @@ def test_an_unwritable_trial_folder_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "trials").write_text("a file where the folder should be\n")
     with pytest.raises(StorageError, match="cannot write .*run the same command again"):
         run_trial(TrialConfig(), tmp_path / "trials" / "0", launcher=Launcher(trial_command=("true",)))
+@pytest.mark.parametrize(("sig", "expected"), [
+    ("SIGKILL", "killed by SIGKILL, most likely the OS out-of-memory killer; the host had "),
+    ("SIGSEGV", "killed by SIGSEGV"),
+])
+def test_a_trial_killed_by_a_signal_is_reported_by_name(tmp_path: Path, sig: str, expected: str) -> None:
+    suicide = (sys.executable, "-c", f"import os, signal; print('loading'); os.kill(os.getpid(), signal.{sig})")
+    launched = run_trial(CFG, tmp_path / "k", launcher=Launcher(trial_command=suicide, timeout_s=30))
+    message = launched.result.message
+    assert launched.result.status == "error" and message.startswith(expected), message
+    assert "exit code" not in message and "loading" in message   # the log tail still comes along
+    if sig == "SIGKILL":
+        assert re.search(r"the host had \d+\.\d GiB available", message)
