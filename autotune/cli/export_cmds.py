@@ -14,15 +14,16 @@ if TYPE_CHECKING:
 
 
 def _study_config(study: str, storage: str | None) -> TrialConfig:
-    """runs/<study>/recommended.yaml when no --storage is given and it exists, else recommend() afresh."""
+    """runs/<study>/recommended.yaml when no --storage is given and it exists, else the study's
+    recommendation afresh, through the same function (and stored policy) as `search` and `pareto`."""
     from autotune.config import TrialConfig
-    from autotune.tuner.recommend import recommend
-    from autotune.tuner.study import load_records, study_dir
+    from autotune.tuner.recommend import recommend_study
+    from autotune.tuner.study import load_study, study_dir
 
     saved = study_dir(study) / "recommended.yaml"
     if storage is None and saved.is_file():
         return TrialConfig.load(saved)
-    return recommend(load_records(study, storage)).record.config
+    return recommend_study(load_study(study, storage)).record.config
 
 
 @click.command()

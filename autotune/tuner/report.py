@@ -6,7 +6,7 @@ import logging
 
 from autotune.errors import NoFeasibleTrialError
 from autotune.result import TrialRecord
-from autotune.tuner.recommend import Recommendation, pareto_front, recommend
+from autotune.tuner.recommend import Recommendation, pareto_front, recommend_study
 from autotune.tuner.study import STUDY_ATTR_BUDGET, load_study, records_of, study_dir
 
 log = logging.getLogger(__name__)
@@ -21,15 +21,17 @@ def front_table(records: list[TrialRecord], recommendation: Recommendation | Non
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Pareto front: {len(pareto_front(records))} of {len(records)} trials")
-    for name in ("#", "reward", "peak reserved GiB", "fragmentation", "step s", "optimizer", "why tried"):
+    front = pareto_front(records)
+    table = Table(title=f"Pareto front: {len(front)} of {len(records)} trials",
+                  caption=_sources_caption(front))
+    for name in ("#", "reward", "± se", "peak reserved GiB", "fragmentation", "step s", "optimizer", "why tried"):
         table.add_column(name, justify="left" if name in ("optimizer", "why tried") else "right")
     chosen = recommendation.record.number if recommendation is not None else None
-    for r in pareto_front(records):
+    for r in front:
         mem = r.result.memory
         opt = r.config.optimizer
         table.add_row(
-            f"{'*' if r.number == chosen else ''}{r.number}", _fmt(r.result.reward, ".4g"),
+            f"{'*' if r.number == chosen else ''}{r.number}", _fmt(r.result.reward, ".4g"), _fmt(r.result.reward_se, ".2g"),
             _fmt(None if mem is None else mem.peak_reserved_gb, ".4g"),
             _fmt(None if mem is None else mem.fragmentation, ".1%"), _fmt(r.result.step_time_s, ".3g"),
             opt.name if opt.name == "adamw" else f"frugal {opt.partition.density:g}", r.advisor_reason or "sampled")
@@ -38,13 +40,22 @@ def front_table(records: list[TrialRecord], recommendation: Recommendation | Non
     return buffer.getvalue().rstrip()
 
 
+def _sources_caption(front: list[TrialRecord]) -> str:
+    """Where the front's objectives came from, one line per distinct source."""
+    memory = sorted({r.result.memory_source for r in front if r.result.memory_source})
+    reward = sorted({r.result.reward_source for r in front if r.result.reward_source})
+    lines = [f"memory: {', '.join(memory)}"] if memory else []
+    lines += [f"reward: {'; '.join(reward)}"] if reward else []
+    return "\n".join(lines) if lines else ""
+
+
 def _records_and_choice(study_name: str, storage: str | None,
                         budget_gb: float | None) -> tuple[list[TrialRecord], Recommendation | None, float | None]:
     study = load_study(study_name, storage)
     records = records_of(study)
     budget = budget_gb if budget_gb is not None else study.user_attrs.get(STUDY_ATTR_BUDGET)
     try:
-        return records, recommend(records, budget_gb=budget), budget
+        return records, recommend_study(study, records, budget_gb=budget), budget
     except NoFeasibleTrialError as exc:
         log.info("no recommendation: %s", exc)
         return records, None, budget

@@ -10,20 +10,23 @@ from autotune.config import TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.memory.report import GiB, MemoryReport, PhaseMemory
 from autotune.result import TrialRecord, TrialResult
-from autotune.tuner.recommend import pareto_front, recommend, summary, write_outputs
+from autotune.tuner.recommend import (Policy, pareto_front, recommend, recommend_study, store_policy, stored_policy,
+                                      summary, write_outputs)
 
 
-def _rec(number: int, reward: float, peak_gb: float, *, frag: float = 0.1, feasible: bool = True,
-         reason: str | None = None) -> TrialRecord:
+def _rec(number: int, reward: float | None, peak_gb: float, *, frag: float = 0.1, feasible: bool = True,
+         reason: str | None = None, se: float | None = None, status: str = "ok", **sources: str) -> TrialRecord:
     reserved = int(peak_gb * GiB)
     allocated = int(reserved * (1 - frag))
     phase = PhaseMemory(name="actor_train", peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
                         end_allocated_bytes=0, end_reserved_bytes=0, wall_time_s=1.0)
     memory = MemoryReport(backend="cpu", phases=(phase,), peak_allocated_bytes=allocated, peak_reserved_bytes=reserved)
     cfg = TrialConfig().replace(**{"workload.seed": number})
-    result = TrialResult(config_hash=cfg.config_hash(), status="ok", backend="cpu", memory=memory, reward=reward)
+    result = TrialResult(config_hash=cfg.config_hash(), status=status, backend="cpu", memory=memory, reward=reward,
+                         reward_se=se, **sources)
+    objectives = {"peak_reserved_gb": reserved / GiB} | ({} if reward is None else {"reward": reward})
     return TrialRecord(number=number, config=cfg, result=result, feasible=feasible, advisor_reason=reason,
-                       objectives={"reward": reward, "peak_reserved_gb": reserved / GiB})
+                       objectives=objectives)
 
 
 RECORDS = [
@@ -44,7 +47,7 @@ def test_max_reward_within_budget() -> None:
     assert recommend(RECORDS).record.number == 2
     rec = recommend(RECORDS, budget_gb=8.0)   # 2 is over 8 GiB
     assert rec.record.number == 3 and rec.baseline is not None and rec.baseline.number == 0
-    assert "highest reward" in rec.reason
+    assert "ties the best (0.69" in rec.reason
 
 
 def test_max_reward_ties_go_to_lower_peak_then_fragmentation() -> None:
@@ -77,3 +80,69 @@ def test_outputs_and_summary(tmp_path: Path) -> None:
     text = summary(rec)
     # reward 0.69 vs baseline 0.50 is +38%; peak 6 vs 10 GiB is -40%
     assert "#3" in text and "+38%" in text and "-40%" in text
+
+
+def test_max_reward_treats_rewards_within_two_standard_errors_as_ties() -> None:
+    close = [_rec(0, 0.70, 10.0, se=0.01), _rec(1, 0.68, 6.0, se=0.01), _rec(2, 0.60, 4.0, se=0.01)]
+    # 0.70 - 0.68 = 0.02 < 2 * hypot(0.01, 0.01) = 0.028: a tie, so the lower peak wins
+    assert recommend(close).record.number == 1
+    # without standard errors the difference counts, as before
+    exact = [_rec(0, 0.70, 10.0), _rec(1, 0.68, 6.0), _rec(2, 0.60, 4.0)]
+    assert recommend(exact).record.number == 0
+
+
+def test_min_memory_ratio_is_against_the_baseline_by_default_and_the_best_on_request() -> None:
+    records = [_rec(0, 0.50, 10.0, reason="baseline"), _rec(1, 0.70, 9.0), _rec(2, 0.495, 3.0), _rec(3, 0.40, 2.0)]
+    # baseline 0.50 x 0.98 = 0.49: trial 2 (0.495) qualifies at 3 GiB
+    assert recommend(records, policy="min-memory").record.number == 2
+    # best 0.70 x 0.98 = 0.686: only trial 1 qualifies
+    assert recommend(records, policy="min-memory", reference="best").record.number == 1
+    with pytest.raises(ConfigError, match="reference"):
+        recommend(records, policy="min-memory", reference="median")
+
+
+def test_min_memory_shortfall_within_two_standard_errors_is_a_tie() -> None:
+    records = [_rec(0, 0.50, 10.0, reason="baseline", se=0.01), _rec(1, 0.475, 3.0, se=0.01)]
+    # floor 0.49; 0.475 is 0.015 short, within 2 * hypot(0.01, 0.01) = 0.028
+    assert recommend(records, policy="min-memory").record.number == 1
+    far = [_rec(0, 0.50, 10.0, reason="baseline", se=0.001), _rec(1, 0.475, 3.0, se=0.001)]
+    assert recommend(far, policy="min-memory").record.number == 0
+
+
+def test_summary_never_compares_with_a_baseline_that_did_not_complete() -> None:
+    over = _rec(0, 0.50, 46.1, reason="baseline", status="prescreened", feasible=False)
+    chosen = _rec(1, 0.51, 20.0, memory_source="llama-1b, planned (simulator)",
+                  reward_source="smollm2-135m proxy, 8 steps")
+    text = summary(recommend([over, chosen], budget_gb=40.0))
+    assert "the baseline (AdamW, no interventions) needs more than the budget: 46.1 GiB planned" in text
+    assert "baseline 46.1 GiB, -57%; 0.43x" in text
+    assert "memory: llama-1b, planned (simulator); reward: smollm2-135m proxy, 8 steps" in text
+    # a real OOM's partial peak is never the comparison: the stored plan's figure is
+    oom = _rec(0, None, 0.03, reason="baseline", status="oom", feasible=False)
+    text = summary(recommend([oom, chosen], baseline_planned_gb=46.1))
+    assert "needs more than the budget: 46.1 GiB planned" in text and "0.03" not in text
+
+
+def test_outputs_name_the_sources(tmp_path: Path) -> None:
+    chosen = _rec(1, 0.51, 20.0, memory_source="llama-1b, planned (simulator)",
+                  reward_source="smollm2-135m proxy, 8 steps")
+    _, yaml_path = write_outputs(recommend([chosen]), [chosen], tmp_path)
+    head = yaml_path.read_text().splitlines()[:3]
+    assert head == ["# autotune recommendation: trial #1, policy max-reward",
+                    "# memory: llama-1b, planned (simulator)", "# reward: smollm2-135m proxy, 8 steps"]
+    assert TrialConfig.load(yaml_path) == chosen.config
+    doc = json.loads((tmp_path / "pareto.json").read_text())
+    assert doc["reward_source"] == "smollm2-135m proxy, 8 steps"
+    assert doc["front"][0]["memory_source"] == "llama-1b, planned (simulator)"
+
+
+def test_the_stored_policy_drives_the_study_recommendation() -> None:
+    import optuna
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert stored_policy(study) == Policy()
+    store_policy(study, Policy(name="min-memory", min_reward_ratio=0.5))
+    assert recommend_study(study, RECORDS).record.number == recommend(RECORDS, policy="min-memory",
+                                                                      min_reward_ratio=0.5).record.number == 1
+    with pytest.raises(ConfigError):
+        store_policy(study, Policy(name="vibes"))
