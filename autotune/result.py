@@ -33,10 +33,15 @@ class TrialResult:
     reward_curve: tuple[float, ...] = ()
     initial_reward: float | None = None
     reward: float | None = None
-    reward_se: float | None = None
+    reward_se: float | None = None          # standard error of `reward`; None where not computed
     step_time_s: float | None = None
     wall_time_s: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
+    # Where each objective came from, for every output: e.g. "llama-1b, planned (simulator)" and
+    # "smollm2-135m proxy, 8 steps". Empty in a result written by `autotune trial` itself.
+    memory_source: str = ""
+    reward_source: str = ""
+    reward_key: str = ""                    # the reward run this trial's reward came from; "" for its own run
 
     @property
     def ok(self) -> bool:

@@ -76,7 +76,7 @@ def artifact_location(tracking_uri: str, study_name: str) -> str | None:
 def trial_metrics(record: TrialRecord) -> dict[str, float]:
     """Final metrics of one trial: whole-run and per-phase memory, reward, step time, objectives."""
     res = record.result
-    out: dict[str, float | None] = {"reward": res.reward, "initial_reward": res.initial_reward,
+    out: dict[str, float | None] = {"reward": res.reward, "reward_se": res.reward_se, "initial_reward": res.initial_reward,
                                     "step_time": res.step_time_s, "wall_time_s": res.wall_time_s}
     if res.memory is not None:
         mem = res.memory
@@ -101,7 +101,16 @@ def trial_tags(study_name: str, record: TrialRecord) -> dict[str, str]:
         tags["failed_phase"] = res.failed_phase
     if res.message:
         tags["message"] = res.message[:5000]   # MLflow caps tag values; the full text is in result.json
+    tags.update(source_fields(record))
     return tags
+
+
+def source_fields(record: TrialRecord) -> dict[str, str]:
+    """Where the trial's objectives came from, e.g. memory_source "llama-1b, planned (simulator)";
+    logged both as tags (to filter runs by) and params (shown beside the config)."""
+    res = record.result
+    fields = {"memory_source": res.memory_source, "reward_source": res.reward_source, "reward_key": res.reward_key}
+    return {key: value for key, value in fields.items() if value}
 
 
 def _tracking_errors() -> tuple[type[BaseException], ...]:
@@ -319,7 +328,7 @@ class StudyTracker:
         client = self._connect()
         tags = {**trial_tags(self.study_name, record), TAG_PARENT: parent}
         run_id = client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{record.number}").info.run_id
-        _log_params(client, run_id, flatten(record.config))
+        _log_params(client, run_id, {**flatten(record.config), **source_fields(record)})
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, 0) for key, value in trial_metrics(record).items()]
         # The curve is a stepped metric, so MLflow's chart view draws it per RLHF step.
@@ -343,8 +352,9 @@ class StudyTracker:
         if not runs:
             logger.warning("recommended trial %d has no MLflow run yet; run `autotune sync --study %s` and "
                            "`autotune pareto --study %s --log`", number, self.study_name, self.study_name)
+        sources = {f"recommended_{key}": value for key, value in source_fields(recommendation.record).items()}
         for key, value in (("recommended_trial", str(number)), ("recommendation_policy", recommendation.policy),
-                           ("recommendation_reason", recommendation.reason)):
+                           ("recommendation_reason", recommendation.reason), *sources.items()):
             client.set_tag(parent, key, value)
 
 

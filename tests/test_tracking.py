@@ -127,6 +127,16 @@ def test_one_parent_run_with_settings_and_one_child_per_trial(logged_search: Log
     assert all(r.data.tags[TAG_PARENT] == parent.info.run_id for r in children.values())
 
 
+def test_every_run_says_where_the_objectives_came_from(logged_search: LoggedSearch) -> None:
+    child = logged_search.children[0].data
+    for fields in (child.params, child.tags):
+        assert fields["memory_source"] == "llama-1b, planned (simulator)"
+        assert fields["reward_source"] == "smollm2-135m proxy, 8 steps"
+    parent = logged_search.parent.data.tags
+    assert parent["recommended_memory_source"] == "llama-1b, planned (simulator)"
+    assert parent["recommended_reward_source"] == "smollm2-135m proxy, 8 steps"
+
+
 def test_child_run_holds_config_metrics_curve_and_tags(logged_search: LoggedSearch) -> None:
     best = logged_search.children[0].data
     assert best.metrics["peak_reserved_gb"] == pytest.approx(2.0)

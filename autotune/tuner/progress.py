@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotune.result import TrialRecord
-from autotune.tuner.recommend import pareto_front
+from autotune.tuner.recommend import pareto_front, sources
 
 
 def front_line(records: list[TrialRecord]) -> str:
@@ -43,3 +43,27 @@ class SearchProgress:
     def update(self, record: TrialRecord, records: list[TrialRecord]) -> None:
         last = f"#{record.number} {record.result.status}"
         self._progress.update(self._task, completed=len(records), description=f"{last} | {front_line(records)}")
+        # one permanent line per trial, so a log of the search says where every figure came from
+        self._progress.console.print(trial_line(record), highlight=False, markup=False)
+
+    def note(self, line: str) -> None:
+        """A line above the bar (the controller's decisions: memory mode, reward proxy)."""
+        self._progress.console.print(line, highlight=False, markup=False)
+
+
+def trial_line(record: TrialRecord) -> str:
+    """e.g. "trial 3 ok: reward 0.61 ± 0.01, peak 20.1 GiB (memory: llama-1b, planned (simulator); reward: ...)"."""
+    res = record.result
+    parts = [f"trial {record.number} {res.status}"]
+    figures = []
+    if res.reward is not None:
+        figures.append(f"reward {res.reward:.4g}" + (f" ± {res.reward_se:.2g}" if res.reward_se else ""))
+    if res.memory is not None:
+        figures.append(f"peak {res.memory.peak_reserved_gb:.3g} GiB")
+    line = parts[0] + (": " + ", ".join(figures) if figures else "")
+    src = sources(res)
+    if src:
+        line += f" ({src})"
+    if res.message and not res.ok:
+        line += f": {res.message}"
+    return line

@@ -12,7 +12,8 @@ GiB = 1 << 30
 
 
 def make_record(number: int, *, reserved_gib: float, allocated_gib: float, reward: float | None,
-                status: str = "ok", feasible: bool = True, reason: str | None = None) -> TrialRecord:
+                status: str = "ok", feasible: bool = True, reason: str | None = None,
+                memory_source: str = "", reward_source: str = "") -> TrialRecord:
     """A trial whose actor_train phase holds the whole-run peak and generation half of it."""
     phases = (
         PhaseMemory(name="generation", peak_allocated_bytes=int(allocated_gib * GiB) // 2,
@@ -27,7 +28,8 @@ def make_record(number: int, *, reserved_gib: float, allocated_gib: float, rewar
     curve = (0.0, 0.25, 0.5) if reward is not None else ()
     result = TrialResult(config_hash=f"h{number}", status=status, backend="cpu", memory=memory,
                          reward=reward, reward_curve=curve, step_time_s=0.05 if reward is not None else None,
-                         message="" if status == "ok" else f"{status} in actor_train")
+                         message="" if status == "ok" else f"{status} in actor_train",
+                         memory_source=memory_source, reward_source=reward_source)
     config = TrialConfig().replace(**{"memory.zero_stage": number % 3})
     return TrialRecord(number=number, config=config, result=result, feasible=feasible, advisor_reason=reason,
                        objectives={"peak_reserved_gb": reserved_gib})
@@ -36,7 +38,8 @@ def make_record(number: int, *, reserved_gib: float, allocated_gib: float, rewar
 def tiny_study() -> list[TrialRecord]:
     """Five trials: two on the front, one dominated, one OOM and one prescreened."""
     return [
-        make_record(0, reserved_gib=2.0, allocated_gib=1.5, reward=0.5, reason="baseline"),
+        make_record(0, reserved_gib=2.0, allocated_gib=1.5, reward=0.5, reason="baseline",
+                    memory_source="llama-1b, planned (simulator)", reward_source="smollm2-135m proxy, 8 steps"),
         make_record(1, reserved_gib=1.0, allocated_gib=0.75, reward=0.4, reason="empty_cache after generation"),
         make_record(2, reserved_gib=3.0, allocated_gib=2.0, reward=0.3),
         make_record(3, reserved_gib=4.0, allocated_gib=4.0, reward=None, status="oom", feasible=False),
