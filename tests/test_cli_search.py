@@ -46,12 +46,31 @@ def test_bad_space_and_missing_study_are_one_line_errors(tmp_path: Path) -> None
     assert not (tmp_path / "runs" / "nope").exists()
 
 
-def test_a_budget_constraint_without_a_budget_fails_before_any_trial(tmp_path: Path) -> None:
+def test_no_budget_anywhere_is_a_stated_assumption_on_the_first_line(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(CI_TINY.read_text().replace("budget_gb: 0.035\n", ""))
-    out = _run([*AUTOTUNE, "search", "--model", "llama-tiny", "--space", str(space), "--no-tracking"], tmp_path)
-    assert out.returncode == 1 and "needs a budget: pass --budget-gb" in out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+    cmd = search_cmd("nobudget", 3)
+    cmd[cmd.index("--space") + 1] = str(space)
+    at = cmd.index("--budget-gb")
+    del cmd[at:at + 2]
+    out = _run(cmd, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == ("no GPU: assuming an 80 GiB GPU as the memory budget "
+                                          "(pass --budget-gb to change it)")
+    assert (tmp_path / "runs" / "nobudget" / "recommended.yaml").is_file()
+
+
+def test_the_output_says_where_each_objective_came_from(tmp_path: Path) -> None:
+    done = _run(search_cmd("src", 3), tmp_path)
+    assert done.returncode == 0, done.stderr
+    label = "memory: llama-tiny, measured on the CPU (traced, simulator), 4 iterations"
+    assert f"trial 0 " in done.stdout and label in done.stdout                     # progress lines
+    assert "sources         " + label in done.stdout                                 # summary
+    recommended = (tmp_path / "runs" / "src" / "recommended.yaml").read_text()
+    assert recommended.startswith("# autotune recommendation: trial #")
+    assert "# memory: llama-tiny, measured on the CPU" in recommended
+    table = _run([*AUTOTUNE, "pareto", "--study", "src"], tmp_path)
+    assert "memory: llama-tiny, measured on the CPU" in table.stdout and "reward: llama-tiny, 4 steps" in table.stdout
 
 
 def test_unknown_model_fails_before_any_study_exists(tmp_path: Path) -> None:

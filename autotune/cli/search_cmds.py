@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from autotune.cli.checks import FiniteFloat, default_study_name, writable_dir
 from autotune.errors import ConfigError
-from autotune.tuner.recommend import POLICIES
+from autotune.tuner.recommend import POLICIES, REFERENCES
 from autotune.tuner.study import MAX_SEED, SAMPLERS
+
+if TYPE_CHECKING:
+    from autotune.tuner.recommend import Recommendation
+    from autotune.tuner.space import SearchSpace
 
 _DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
@@ -37,6 +42,15 @@ def _terminate_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _cost(recommendation: Recommendation, space: SearchSpace) -> str:
+    """The predicted step-time cost of the recommended config's savers against the baseline."""
+    from autotune.tuner.controller import baseline_config
+    from autotune.tuner.cost import recommendation_cost
+
+    base = recommendation.baseline.config if recommendation.baseline is not None else baseline_config(space)
+    return recommendation_cost(recommendation.record.config, base).describe()
+
+
 def _quiet_optuna() -> None:
     """Optuna logs every study and trial at INFO on its own handler; autotune's -v decides instead."""
     import logging
@@ -57,15 +71,26 @@ def _quiet_optuna() -> None:
 @click.option("--trial-timeout", "trial_timeout_s", type=FiniteFloat(min=0, min_open=True), default=1800.0,
               show_default=True, help="End one trial after this many seconds; it is recorded as a timeout.")
 @click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
-              help="GPU memory budget (GiB); default: the space's budget_gb.")
+              help="GPU memory budget (GiB); default: the space's budget_gb, else the GPU's total memory, "
+              "else (no GPU) an assumed 80 GiB card.")
+@click.option("--reward-proxy", default=None, metavar="PRESET|PATH",
+              help="Model for reward runs where the named model cannot run here; default: autotune's proxy "
+              "for the model's family (llama-tiny on a CPU box for models over 150M parameters).")
+@click.option("--plan-memory", is_flag=True,
+              help="Without GPUs, plan every trial's memory at full size even where this host could run the model.")
 @click.option("--study", default=None, help="Study name; default: the model name.")
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
 @click.option("--gpus", default=None, help="GPU indices for parallel trials, e.g. 0,1,2,3; default: the CPU.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Sampler seed.")
-@click.option("--policy", type=click.Choice(POLICIES), default="max-reward", show_default=True)
-@click.option("--min-reward-ratio", type=FiniteFloat(0, 1, min_open=True), default=0.98, show_default=True)
+@click.option("--policy", type=click.Choice(POLICIES), default="min-memory", show_default=True,
+              help="min-memory: the smallest peak that keeps the reference reward; max-reward: the best reward, "
+              "ties to the smaller peak.")
+@click.option("--min-reward-ratio", type=FiniteFloat(0, 1, min_open=True), default=0.98, show_default=True,
+              help="min-memory: keep at least this share of the reference reward.")
+@click.option("--reward-reference", type=click.Choice(REFERENCES), default="baseline", show_default=True,
+              help="min-memory: measure --min-reward-ratio against the baseline's reward or the best one.")
 @click.option("--prescreen/--no-prescreen", default=True, show_default=True,
               help="Predict each GPU trial's peak with `autotune plan` and skip configs over the budget.")
 @click.option("--advisor/--no-advisor", default=True, show_default=True, help="Queue targeted follow-up configs.")
@@ -74,18 +99,23 @@ def _quiet_optuna() -> None:
 @click.option("--heartbeat", "heartbeat_s", type=click.IntRange(min=1), default=10, show_default=True,
               help="Seconds between a running trial's heartbeats; a dead worker's trial is retried after two.")
 @click.option("--trial-command", default=None, help="Run trials with this command instead of `autotune trial`.")
+@click.option("--plan-command", default=None, hidden=True, help="Plan with this command instead of `autotune plan`.")
+@click.option("--reward-command", default=None, hidden=True,
+              help="Run reward runs with this command instead of `autotune reward`.")
 def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
-           budget_gb: float | None, study: str | None, storage: str | None, tracking_uri: str | None,
-           gpus: str | None, sampler: str, seed: int | None, policy: str, min_reward_ratio: float,
-           prescreen: bool, advisor: bool, tracking: bool, timeline: bool, heartbeat_s: int,
-           trial_command: str | None) -> None:
+           budget_gb: float | None, reward_proxy: str | None, plan_memory: bool, study: str | None,
+           storage: str | None, tracking_uri: str | None, gpus: str | None, sampler: str, seed: int | None,
+           policy: str, min_reward_ratio: float, reward_reference: str, prescreen: bool, advisor: bool,
+           tracking: bool, timeline: bool, heartbeat_s: int, trial_command: str | None, plan_command: str | None,
+           reward_command: str | None) -> None:
     """Search FRUGAL partitions x memory interventions with an Optuna study; recommend one config.
 
     Re-running the same command resumes the study; other machines join it with the same --storage.
     Ctrl-C or SIGTERM ends the running trial and re-queues it; the same command then resumes.
     """
     from autotune.tuner.controller import SearchSettings, run_search
-    from autotune.tuner.launcher import TRIAL_COMMAND, Launcher
+    from autotune.tuner.fidelity import choose_budget, detect_gpus
+    from autotune.tuner.launcher import PLAN_COMMAND, REWARD_COMMAND, TRIAL_COMMAND, Launcher
     from autotune.tuner.progress import SearchProgress
     from autotune.tuner.recommend import summary
     from autotune.tuner.space import load_space
@@ -97,25 +127,35 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     study = study or default_study_name(model)
     writable_dir(study_dir(study), "--study")    # outputs go there: fail now, not after the last trial
     space = load_space(space_path).rebase({"model.actor": model})
-    if not gpus and space.base.device == "cuda":
-        # no GPUs listed: trials run on the CPU, with the budget as the simulated device size
-        click.echo(f"no --gpus given: running {space_path.name} trials on the CPU", err=True)
-        space = space.rebase({"device": "cpu"})
+    devices = _gpus(gpus)
+    if not devices and space.base.device == "cuda":
+        devices = detect_gpus()
+        if not devices:
+            # no GPU: trials run on (or are planned for) the CPU, the budget as the simulated device size
+            space = space.rebase({"device": "cpu"})
+    budget = choose_budget(budget_gb if budget_gb is not None else space.budget_gb, devices)
+    click.echo(budget.note)   # the first line: an assumed budget must be seen before any figure
     launcher = Launcher(trial_command=tuple(shlex.split(trial_command)) if trial_command else TRIAL_COMMAND,
+                        plan_command=tuple(shlex.split(plan_command)) if plan_command else PLAN_COMMAND,
+                        reward_command=tuple(shlex.split(reward_command)) if reward_command else REWARD_COMMAND,
                         timeout_s=trial_timeout_s, timeline=timeline)
     settings = SearchSettings(
         study=study, space=space, n_trials=n_trials, storage=storage, timeout_s=timeout_s,
-        budget_gb=budget_gb, gpus=_gpus(gpus), sampler=sampler, seed=seed, prescreen=prescreen, advisor=advisor,
+        budget_gb=budget.gb, gpus=devices, sampler=sampler, seed=seed, prescreen=prescreen, advisor=advisor,
         launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
-        policy=policy, min_reward_ratio=min_reward_ratio)
+        policy=policy, min_reward_ratio=min_reward_ratio, reward_reference=reward_reference,
+        reward_proxy=reward_proxy, plan_memory=plan_memory)
     with SearchProgress(n_trials) as progress:
-        outcome = run_search(settings, on_record=progress.update)
-    click.echo(f"study {settings.study}: {len(outcome.records)} trials, {outcome.trials_run} run now; "
+        outcome = run_search(settings, on_record=progress.update, on_note=progress.note)
+    shared = (f"; {outcome.reward_runs} reward runs for {outcome.reward_runs + outcome.reward_hits} rewards"
+              if outcome.reward_runs or outcome.reward_hits else "")
+    click.echo(f"study {settings.study}: {len(outcome.records)} trials, {outcome.trials_run} run now{shared}; "
                f"controller overhead {outcome.overhead_share:.1%} of trial time")
     if outcome.recommendation is None:
-        click.echo("no feasible trial: nothing to recommend (raise --budget-gb or widen the space)")
+        click.echo(f"no feasible trial within {budget.gb:g} GiB: nothing to recommend "
+                   "(raise --budget-gb or widen the space)")
         return
-    click.echo(summary(outcome.recommendation))
+    click.echo(summary(outcome.recommendation, cost=_cost(outcome.recommendation, space)))
     click.echo(f"wrote runs/{settings.study}/recommended.yaml and runs/{settings.study}/pareto.json")
 
 

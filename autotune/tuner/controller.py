@@ -28,9 +28,11 @@ from autotune.config import MemoryConfig, TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
 from autotune.tuner import advisor, study as studies
+from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
-from autotune.tuner.launcher import Launcher, end_all, prescreen, run_trial
-from autotune.tuner.recommend import Recommendation, recommend, write_outputs
+from autotune.tuner.launcher import Launcher, end_all
+from autotune.tuner.measure import Measurer
+from autotune.tuner.recommend import Policy, Recommendation, recommend_study, store_policy, write_outputs
 from autotune.tuner.scoring import score
 from autotune.tuner.space import SearchSpace, apply_params, distributions, params_for, suggest
 
@@ -65,8 +67,12 @@ class SearchSettings:
     grace_period_s: int | None = None       # None: Optuna's default, two intervals
     tracking_uri: str | None = None
     track: bool = True
-    policy: str = "max-reward"              # see autotune.tuner.recommend
+    policy: str = "min-memory"              # see autotune.tuner.recommend
     min_reward_ratio: float = 0.98
+    reward_reference: str = "baseline"      # min-memory measures the ratio against "baseline" or "best"
+    reward_proxy: str | None = None         # None: fidelity's choice (the full model where it runs)
+    cpu_workers: int = 2                    # parallel planned trials without GPUs (each single-threaded)
+    plan_memory: bool = False               # plan every trial's memory even where the host could run it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +84,9 @@ class SearchOutcome:
     trials_run: int
     trial_wall_s: float                     # controller wall time per trial, summed (claim to record)
     subprocess_s: float                     # of which the trial subprocesses ran
+    memory_mode: str = "cpu"                # fidelity.MemoryMode of this invocation
+    reward_runs: int = 0                    # reward runs this invocation started
+    reward_hits: int = 0                    # trials whose reward came from the study's reward cache
 
     @property
     def overhead_share(self) -> float:
@@ -89,6 +98,33 @@ def baseline_config(space: SearchSpace) -> TrialConfig:
     """AdamW with no interventions, on the space's base (model, workload, device, budget)."""
     optimizer = dataclasses.replace(space.base.optimizer, name="adamw", critic="adamw")
     return dataclasses.replace(space.base, optimizer=optimizer, memory=MemoryConfig())
+
+
+# The value of each dimension that keeps the least on the GPU; the corner trial takes every one the
+# space offers (the partition's density takes its lowest), so the front's low-memory end is known
+# from the start rather than left to a sampler that must combine five choices by chance.
+_SAVING: dict[str, object] = {
+    "optimizer.name": "frugal", "optimizer.critic": "frugal",
+    "memory.offload_reference": True, "memory.offload_reward": True,
+    "memory.actor_gradient_checkpointing": True, "memory.critic_gradient_checkpointing": True,
+}
+CORNER_REASON = "every memory saver in the space (the low-memory corner)"
+
+
+def corner_config(space: SearchSpace) -> TrialConfig | None:
+    """The space's low-memory corner, or None when the space has no known saver (or it is invalid)."""
+    params: dict[str, object] = {}
+    for dim in space.searched:
+        if dim.name == "optimizer.partition.density":
+            params[dim.name] = min(dim.choices) if dim.kind == "categorical" else dim.low
+        elif dim.name in _SAVING and _SAVING[dim.name] in dim.choices:
+            params[dim.name] = _SAVING[dim.name]
+    if not params:
+        return None
+    try:
+        return apply_params(space, params)
+    except ConfigError:
+        return None
 
 
 def with_budget(space: SearchSpace, budget_gb: float | None) -> SearchSpace:
@@ -115,7 +151,7 @@ def _check_numbers(settings: SearchSettings) -> None:
         raise ConfigError(problems, source="search settings")
 
 
-def _check_models(base: TrialConfig) -> None:
+def _check_models(base: TrialConfig, proxy: str | None = None) -> None:
     """Fail before any study or trial exists when a model is neither a preset nor a local folder, or
     the task or prompts file is unusable; otherwise every trial would start, fail the same way, and
     leave an empty study behind."""
@@ -123,8 +159,9 @@ def _check_models(base: TrialConfig) -> None:
     from autotune.rlhf.tasks import TASKS, read_prompts
 
     for name in dict.fromkeys((base.model.actor, base.model.critic_name, base.model.reference_name,
-                               base.model.reward_name)):
-        resolve_model(name)
+                               base.model.reward_name, proxy)):
+        if name is not None:
+            resolve_model(name)
     if base.workload.task not in TASKS:
         raise ConfigError(f"workload.task: unknown task {schema.show(base.workload.task)}; "
                           f"choose one of {', '.join(TASKS)}")
@@ -135,13 +172,14 @@ def _check_models(base: TrialConfig) -> None:
 class Controller:
     """Runs one search invocation against a (possibly shared) study. Use `run()` once."""
 
-    def __init__(self, settings: SearchSettings, *, on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None):
+    def __init__(self, settings: SearchSettings, *, on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None,
+                 on_note: Callable[[str], None] | None = None):
         _check_numbers(settings)
-        _check_models(settings.space.base)
+        _check_models(settings.space.base, settings.reward_proxy)
         self.settings = settings
-        self.budget_gb = settings.budget_gb if settings.budget_gb is not None else settings.space.budget_gb
-        for constraint in settings.space.constraints:   # a missing budget must fail now, not after a trial ran
-            constraint.limit(self.budget_gb)
+        given = settings.budget_gb if settings.budget_gb is not None else settings.space.budget_gb
+        self.budget = choose_budget(given, settings.gpus)   # never missing: the GPU's size or a stated default
+        self.budget_gb: float = self.budget.gb
         self.space = with_budget(settings.space, self.budget_gb)
         self.storage_url = settings.storage or studies.default_storage(settings.study)
         sampler = studies.make_sampler(settings.sampler, settings.seed)   # a bad seed fails before any file exists
@@ -152,8 +190,14 @@ class Controller:
                 settings.study, self.storage, directions=self.space.directions,
                 objectives=[o.metric for o in self.space.objectives], sampler=sampler, budget_gb=self.budget_gb,
                 distributions=distributions(self.space))
+            store_policy(self.study, Policy(name=settings.policy, min_reward_ratio=settings.min_reward_ratio,
+                                            reference=settings.reward_reference))
         self.trials_dir = studies.study_dir(settings.study) / "trials"
         self.cancel = threading.Event()
+        self.measurer = Measurer(study=self.study, out_dir=studies.study_dir(settings.study), launcher=settings.launcher,
+                                 budget_gb=self.budget_gb, gpus=settings.gpus, prescreen=settings.prescreen,
+                                 reward_proxy=settings.reward_proxy, cancel=self.cancel, on_note=on_note,
+                                 force_planned=settings.plan_memory)
         self.lock = threading.Lock()       # one ask/tell at a time keeps the surplus check exact per process
         # advisor proposals with the config each one changes
         self.pending: collections.deque[tuple[advisor.Proposal, TrialConfig]] = collections.deque()
@@ -179,14 +223,15 @@ class Controller:
         thread waits on an Event rather than in Thread.join, whose interruption on Python 3.11 can
         make a live thread look finished.
         """
-        workers = [threading.Thread(target=self._worker, args=(gpu,), name=f"trial-worker-{gpu or 'cpu'}", daemon=True)
-                   for gpu in (self.settings.gpus or (None,))]
-        self._busy = len(workers)
+        workers: list[threading.Thread] = []
         try:
             with signals_to_flag(self._on_signal):
                 self._enqueue_baseline()
+                self.measurer.prepare(baseline_config(self.space))   # may plan the baseline: the host's fit
                 if self.tracker is not None:
                     self.tracker.start_search(self._tracking_settings())
+                workers = self._workers()
+                self._busy = len(workers)
                 for w in workers:
                     w.start()
                 while not self._all_done.wait(_WAIT_S):
@@ -208,6 +253,13 @@ class Controller:
             raise KeyboardInterrupt
         self._close(None, "FAILED")
         raise self._errors[0]
+
+    def _workers(self) -> list[threading.Thread]:
+        """One per GPU; on the CPU one, or `cpu_workers` for planned trials (single-threaded plans and
+        reward runs, so one per core keeps the host busy)."""
+        cpu_slots = (None,) * (self.settings.cpu_workers if self.measurer.mode == "planned" else 1)
+        return [threading.Thread(target=self._worker, args=(gpu,), name=f"trial-worker-{gpu or 'cpu'}-{i}", daemon=True)
+                for i, gpu in enumerate(self.settings.gpus or cpu_slots)]
 
     def _on_signal(self, signum: int) -> None:
         """The first SIGINT or SIGTERM ends the running trials gently; a second kills them now."""
@@ -358,13 +410,8 @@ class Controller:
         if invalid is not None:
             return TrialResult(config_hash=config.config_hash(), status="prescreened", backend=config.device,
                                message=f"invalid config: {invalid}"), 0.0
-        settings = self.settings
-        if gpu is not None and settings.prescreen and self.budget_gb is not None:
-            screened = prescreen(config, trial_dir, launcher=settings.launcher, budget_gb=self.budget_gb)
-            if screened is not None:
-                return screened, 0.0
-        launched = run_trial(config, trial_dir, launcher=settings.launcher, gpu=gpu, cancel=self.cancel)
-        return (None if launched.cancelled else launched.result), launched.subprocess_s
+        measured = self.measurer.measure(config, trial_dir, gpu)
+        return measured.result, measured.subprocess_s
 
     def _tell(self, trial: Any, config: TrialConfig, result: TrialResult, reason: str | None) -> TrialRecord:
         from optuna.trial import TrialState
@@ -398,8 +445,11 @@ class Controller:
     # -- queueing ------------------------------------------------------------------------------
     def _enqueue_baseline(self) -> None:
         if self.study.get_trials(deepcopy=False):
-            return   # resumed or joined: the first worker already queued it
+            return   # resumed or joined: the first worker already queued them
         self._enqueue(baseline_config(self.space), "baseline")
+        corner = corner_config(self.space)
+        if corner is not None and self.settings.n_trials > 1:
+            self._enqueue(corner, CORNER_REASON)
 
     def _enqueue_next_proposal(self, trials: list[Any]) -> None:
         """Queue one advisor proposal, alternating with sampled trials so neither starves."""
@@ -445,8 +495,7 @@ class Controller:
         records = studies.records_of(self.study)
         recommendation = None
         try:
-            recommendation = recommend(records, policy=self.settings.policy, budget_gb=self.budget_gb,
-                                       min_reward_ratio=self.settings.min_reward_ratio)
+            recommendation = recommend_study(self.study, records)
         except NoFeasibleTrialError as exc:
             log.warning("no recommendation: %s", exc)
         if recommendation is not None:
@@ -454,7 +503,8 @@ class Controller:
         self._close(recommendation, records=records)
         return SearchOutcome(records=tuple(records), recommendation=recommendation, trials_run=len(self._timings),
                              trial_wall_s=sum(t for t, _ in self._timings),
-                             subprocess_s=sum(s for _, s in self._timings))
+                             subprocess_s=sum(s for _, s in self._timings), memory_mode=self.measurer.mode,
+                             reward_runs=self.measurer.reward_runs, reward_hits=self.measurer.reward_hits)
 
     def _close(self, recommendation: Recommendation | None, status: str = "FINISHED",
                records: list[TrialRecord] | None = None) -> None:
@@ -468,7 +518,10 @@ class Controller:
         s = self.settings
         return {"study": s.study, "space": self.space.source, "n_trials": s.n_trials, "sampler": s.sampler,
                 "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(s.gpus) or "cpu",
-                "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url}
+                "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url,
+                "budget_note": self.budget.note, "memory_mode": self.measurer.mode,
+                "reward_proxy": self.measurer.proxy or "none", "policy": s.policy,
+                "min_reward_ratio": s.min_reward_ratio, "reward_reference": s.reward_reference}
 
 
 @contextlib.contextmanager

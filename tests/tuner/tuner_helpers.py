@@ -10,6 +10,7 @@ from autotune.tuner.space import SearchSpace, load_space
 
 FAKE_TRIAL = Path(__file__).with_name("fake_trial.py")
 FAKE_COMMAND = (sys.executable, str(FAKE_TRIAL))
+FAKE_REWARD_COMMAND = (sys.executable, str(FAKE_TRIAL.with_name("fake_reward.py")))
 REPO = Path(__file__).resolve().parents[2]
 CI_TINY = REPO / "search_spaces" / "ci-tiny.yaml"
 # Between the fake trial's cheapest config (about 17 MiB) and its AdamW baseline (27.5 MiB, in actor_train).
@@ -17,7 +18,9 @@ BUDGET_GB = 0.025
 
 
 def fake_launcher(timeout_s: float | None = 30.0) -> Launcher:
-    return Launcher(trial_command=FAKE_COMMAND, timeout_s=timeout_s)
+    """Trials, plans and reward runs all by the stand-ins (a plan is a fake trial's result)."""
+    return Launcher(trial_command=FAKE_COMMAND, plan_command=FAKE_COMMAND, reward_command=FAKE_REWARD_COMMAND,
+                    timeout_s=timeout_s)
 
 
 def ci_space() -> SearchSpace:
@@ -27,7 +30,8 @@ def ci_space() -> SearchSpace:
 def search_cmd(study: str, n: int, storage: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "autotune", "search", "--model", "llama-tiny", "--space", str(CI_TINY),
            "--trials", str(n), "--study", study, "--budget-gb", str(BUDGET_GB), "--heartbeat", "1",
-           "--no-tracking", "--no-timeline", "--seed", "0", "--trial-command", " ".join(FAKE_COMMAND)]
+           "--no-tracking", "--no-timeline", "--seed", "0", "--trial-command", " ".join(FAKE_COMMAND),
+           "--plan-command", " ".join(FAKE_COMMAND), "--reward-command", " ".join(FAKE_REWARD_COMMAND)]
     return cmd + (["--storage", storage] if storage else [])
 
 

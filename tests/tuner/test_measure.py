@@ -1,0 +1,133 @@
+"""How trials are measured: host memory decides real run or plan, reward runs are shared per key,
+every result names its sources, and the budget is never missing. Stand-in programs throughout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotune.tuner import fidelity, measure
+from autotune.tuner.controller import CORNER_REASON, SearchSettings, corner_config, run_search
+from autotune.tuner.study import load_records
+from tests.tuner.tuner_helpers import BUDGET_GB, ci_space, fake_launcher
+
+
+def _settings(study: str, n: int, **kw: object) -> SearchSettings:
+    kw.setdefault("launcher", fake_launcher())
+    kw.setdefault("budget_gb", BUDGET_GB)
+    return SearchSettings(study=study, space=ci_space(), n_trials=n, track=False, seed=0, heartbeat_interval_s=1,
+                          **kw)  # type: ignore[arg-type]
+
+
+def _host(monkeypatch: pytest.MonkeyPatch, *available_gb: float) -> None:
+    """The host's free memory, call by call (the last value repeats)."""
+    values = list(available_gb)
+    monkeypatch.setattr(measure, "host_available_gb", lambda: values.pop(0) if len(values) > 1 else values[0])
+
+
+def test_no_budget_means_a_stated_default_never_an_error() -> None:
+    budget = fidelity.choose_budget(None, ())
+    assert budget.gb == 80.0 and budget.assumed and "assuming an 80 GiB GPU" in budget.note
+    assert fidelity.choose_budget(24.0, ()).gb == 24.0
+
+
+def test_memory_mode_follows_the_host() -> None:
+    assert fidelity.choose_memory_mode(gpus=("0",), need_gb=500.0, available_gb=1.0) == "gpu"
+    assert fidelity.choose_memory_mode(gpus=(), need_gb=4.0, available_gb=18.0) == "cpu"
+    assert fidelity.choose_memory_mode(gpus=(), need_gb=47.5, available_gb=18.0) == "planned"
+    assert fidelity.choose_memory_mode(gpus=(), need_gb=None, available_gb=18.0) == "planned"
+
+
+def test_a_model_the_host_cannot_hold_is_planned_never_launched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 0.5)   # the baseline needs its 27.5 MiB plus 1.5 GiB of process: more than 0.5 GiB
+    log = tmp_path / "rewards.log"
+    monkeypatch.setenv("FAKE_REWARD_LOG", str(log))
+    outcome = run_search(_settings("planned", 8, reward_proxy="llama-small"))
+    records = load_records("planned")
+    assert outcome.memory_mode == "planned" and len(records) == 8
+    # no trial was launched: only plans ran in the trial folders
+    assert not list((tmp_path / "runs" / "planned" / "trials").glob("*/trial.log"))
+    assert all(r.result.memory_source == "llama-tiny, planned (simulator)" for r in records)
+    # one reward run per reward key, every other trial with that key reads it from the study's cache
+    keys = [r.result.reward_key for r in records if r.result.reward_key]
+    runs = log.read_text().split()
+    assert sorted(runs) == sorted(set(keys)) and outcome.reward_runs == len(runs)
+    assert outcome.reward_runs + outcome.reward_hits == len(keys) == 8
+    by_key: dict[str, float] = {}
+    for r in records:
+        assert by_key.setdefault(r.result.reward_key, r.result.reward) == r.result.reward
+        assert r.result.reward_source == "llama-small proxy, 4 steps" and r.result.reward_se == 0.01
+
+
+def test_a_cpu_trial_over_the_free_host_memory_is_not_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # room for the baseline when the study starts; then another process takes the memory
+    _host(monkeypatch, 64.0, 0.7)
+    monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "2:raise")   # trial 2's plan crashes as well
+    outcome = run_search(_settings("squeezed", 3))
+    by_number = {r.number: r for r in load_records("squeezed")}
+    assert outcome.memory_mode == "cpu"
+    assert not list((tmp_path / "runs" / "squeezed" / "trials").glob("*/trial.log"))
+    planned = by_number[0].result
+    assert planned.memory is not None and planned.memory_source == "llama-tiny, planned (simulator)"
+    assert "not run on the CPU: needs 1.5 GiB of host memory, 0.7 GiB available" in planned.message
+    infeasible = by_number[2]
+    assert infeasible.result.status == "prescreened" and not infeasible.feasible
+    assert infeasible.result.message.startswith("needs 1.5 GiB of host memory, 0.7 GiB available")
+
+
+def test_a_host_that_holds_the_model_runs_it_and_labels_both_sources(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 64.0)
+    outcome = run_search(_settings("real", 3))
+    records = load_records("real")
+    assert outcome.memory_mode == "cpu" and outcome.reward_runs == 0
+    assert all((tmp_path / "runs" / "real" / "trials" / str(r.number) / "trial.log").is_file() for r in records)
+    assert {r.result.memory_source for r in records} == {"llama-tiny, measured on the CPU (traced, simulator), 4 iterations"}
+    assert {r.result.reward_source for r in records} == {"llama-tiny, 4 steps (this trial)"}
+
+
+def test_a_failed_reward_run_fails_its_trials_and_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 0.5)
+    log = tmp_path / "rewards.log"
+    monkeypatch.setenv("FAKE_REWARD_LOG", str(log))
+    monkeypatch.setenv("FAKE_REWARD_FAIL", "1")
+    run_search(_settings("nreward", 4, reward_proxy="llama-small"))
+    records = load_records("nreward")
+    within = [r for r in records if r.result.status != "prescreened"]   # the over-budget baseline stays so
+    assert within and all(r.result.status == "error" and "reward run error: failed on purpose" in r.result.message
+                          for r in within)
+    runs = log.read_text().split()
+    assert len(runs) == len(set(runs))   # a stored failure is read back, not rerun
+
+
+def test_gpu_trials_measure_memory_in_a_short_run_and_reward_in_a_reward_run(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_search(_settings("gpu", 4, gpus=("0",), budget_gb=1.0))
+    records = load_records("gpu")
+    ran = [r for r in records if r.result.ok]
+    assert ran
+    for r in ran:
+        steps = fidelity.MEMORY_ITERATIONS
+        assert r.result.memory_source == f"llama-tiny, measured on the GPU, {steps} iterations"
+        assert r.result.reward_source == "llama-tiny, 4 steps"   # the full model, on the GPU
+        trial_yaml = (tmp_path / "runs" / "gpu" / "trials" / str(r.number) / "trial.yaml").read_text()
+        assert f"steps: {min(steps, 4)}" in trial_yaml and r.config.workload.steps == 4
+
+
+def test_the_corner_trial_takes_every_saver_the_space_offers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corner = corner_config(ci_space())
+    assert corner is not None
+    assert (corner.optimizer.name, corner.optimizer.critic, corner.optimizer.partition.density) == ("frugal", "frugal", 0.0)
+    assert corner.memory.offload_reference and corner.memory.offload_reward
+    assert corner.memory.actor_gradient_checkpointing
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 64.0)
+    run_search(_settings("corner", 2))
+    records = load_records("corner")
+    assert [r.advisor_reason for r in records] == ["baseline", CORNER_REASON]
+    assert records[1].config == corner.replace(device_memory_gb=BUDGET_GB)   # the budget sizes the simulated device
