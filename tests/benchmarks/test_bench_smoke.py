@@ -165,21 +165,26 @@ def test_grid_starts_with_the_baseline() -> None:
 
 @pytest.mark.slow
 def test_search_quality_runs_grid_and_tuner(tmp_path: Path) -> None:
-    settings = dataclasses.replace(
-        sq.REDUCED, grid_dims=("offload ref+reward",), checkpoints=(1, 2),
-        workload=sq.TINY_PPO + (("workload.batch_size", 2), ("workload.micro_batch", 2),
-                                 ("workload.gen_len", 2), ("workload.steps", 2)))
-    report = sq.main([], dirs=_dirs(tmp_path), settings=settings)
+    space = tmp_path / "space.yaml"
+    space.write_text("base: {device: cuda}\n"
+                     "dimensions:\n  optimizer.name: [adamw, frugal]\n  memory.offload_reference: [false, true]\n"
+                     "objectives:\n  - {metric: reward, direction: maximize}\n"
+                     "  - {metric: peak_reserved_gb, direction: minimize}\n"
+                     "constraints:\n  - peak_reserved_gb <= budget\n")
+    settings = dataclasses.replace(sq.REDUCED, space=space, checkpoints=(2, 4), workload=sq.REDUCED.workload + (
+        ("workload.steps", 2), ("workload.ppo_epochs", 1)))
+    report = sq.main(["--cache", str(tmp_path / "cache")], dirs=_dirs(tmp_path), settings=settings)
 
-    assert len(report.grid) == 2 and report.grid[0].changes == 0
-    # offloading reference and reward models shrinks the simulated device's peak
+    assert len(report.grid) == 4 and report.reward_keys == 2   # offload is reward-neutral: 2 keys for 4 configs
+    # offloading the reference model shrinks the planned peak
     assert report.grid[1].peak_reserved_gb < report.grid[0].peak_reserved_gb
-    assert [r.trials for r in report.checkpoints] == [1, 2]
+    assert [r.trials for r in report.checkpoints] == [2, 4]
+    # four trials (the grid, the advisor aside) need at most the grid's two reward runs
+    assert report.checkpoints[-1].reward_runs <= 2 and report.checkpoints[-1].cache_hit_rate >= 0.5
     assert report.comparison[0].peak_vs_baseline == 1.0
-    for name, columns in (("search_quality", ("trials", "hv_share", "peak_vs_baseline", "goal_met")),
-                          ("search_quality_comparison", ("contender", "peak_reserved_gb", "reward")),
+    for name, columns in (("search_quality", ("trials", "hv_share", "reward_runs", "cache_hit_rate", "goal_met")),
+                          ("search_quality_comparison", ("contender", "peak_reserved_gb", "reward", "phases_gb")),
                           ("search_quality_grid", ("label", "reward", "peak_reserved_gb", "feasible"))):
         header = _csv_header(tmp_path / "raw" / f"{name}.csv")
         assert all(c in header for c in columns), (name, header)
     assert (tmp_path / "img" / "search_quality.png").stat().st_size > 0
-
