@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autotune.cli import main
 from autotune.config import TrialConfig
@@ -90,3 +91,21 @@ def test_sync_command_adds_then_adds_nothing(in_tmp: Path, capsys: pytest.Captur
     assert "s: 5 of 5 trials added" in out
     code, out, _ = run_cli(["sync", "--study", "s", "--tracking-uri", uri], capsys)
     assert code == 0 and "s: 0 of 5 trials added" in out
+
+
+def test_export_storage_and_pareto_follow_the_policy_stored_in_the_study(in_tmp: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    import optuna
+
+    from autotune.tuner.recommend import Policy, store_policy
+
+    records = tiny_study()
+    storage = "sqlite:///runs/s/optuna.db"
+    make_study("s", storage, records)
+    # min-memory at half the baseline's reward (0.5): trial 1 (1 GiB, reward 0.4) beats trial 0 (2 GiB)
+    store_policy(optuna.load_study(study_name="s", storage=storage), Policy(name="min-memory", min_reward_ratio=0.5))
+    code, out, err = run_cli(["export", "--study", "s", "--storage", storage, "--format", "yaml"], capsys)
+    assert code == 0, err
+    assert TrialConfig.from_dict(yaml.safe_load(out)).memory.zero_stage == records[1].config.memory.zero_stage == 1
+    code, out, err = run_cli(["pareto", "--study", "s", "--storage", storage], capsys)
+    assert code == 0 and "*1 " in out, err
