@@ -44,11 +44,11 @@ class SearchProgress:
         last = f"#{record.number} {record.result.status}"
         self._progress.update(self._task, completed=len(records), description=f"{last} | {front_line(records)}")
         # one permanent line per trial, so a log of the search says where every figure came from
-        self._progress.console.print(trial_line(record), highlight=False, markup=False)
+        self._progress.console.print(trial_line(record), highlight=False, markup=False, soft_wrap=True)
 
     def note(self, line: str) -> None:
         """A line above the bar (the controller's decisions: memory mode, reward proxy)."""
-        self._progress.console.print(line, highlight=False, markup=False)
+        self._progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def trial_line(record: TrialRecord) -> str:

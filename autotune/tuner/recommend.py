@@ -1,12 +1,13 @@
 """The recommendation: from the feasible Pareto front, one config, picked by a stated policy.
 
 Policies:
-  * ``max-reward`` (default): within the memory budget, the trials whose reward ties the best one
-    (within two standard errors of the difference) compete on the lower reserved peak, then the
-    higher reward, then the lower fragmentation.
-  * ``min-memory``: the lowest reserved peak among trials whose reward is at least
-    ``min_reward_ratio`` of the reference reward (the baseline's by default, the best one with
-    ``reference="best"``), a shortfall within two standard errors counting as a tie.
+  * ``min-memory`` (default): the lowest reserved peak among trials whose reward is at least
+    ``min_reward_ratio`` (0.98) of the reference reward (the baseline's by default, the best one
+    with ``reference="best"``), a shortfall within two standard errors counting as a tie. autotune
+    is a memory tuner: by default it keeps the baseline's reward and spends the rest on memory.
+  * ``max-reward``: within the memory budget, the trials whose reward ties the best one (within
+    two standard errors of the difference) compete on the lower reserved peak, then the higher
+    reward, then the lower fragmentation.
 
 The policy is stored in the study (`store_policy`), and `search`, `pareto` and `export --storage`
 all call `recommend_study`, so they cannot disagree.
@@ -33,7 +34,7 @@ TIE_STANDARD_ERRORS = 2.0
 class Policy:
     """How a study picks its recommendation; stored in the study's user attributes."""
 
-    name: str = "max-reward"
+    name: str = "min-memory"
     min_reward_ratio: float = 0.98
     reference: str = "baseline"      # min-memory: the reward the ratio is measured against
 
@@ -103,7 +104,7 @@ def find_baseline(records: list[TrialRecord]) -> TrialRecord | None:
     return next((r for r in records if r.advisor_reason == "baseline"), None)
 
 
-def recommend(records: list[TrialRecord], *, policy: str = "max-reward", budget_gb: float | None = None,
+def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_gb: float | None = None,
               min_reward_ratio: float = 0.98, reference: str = "baseline",
               baseline_planned_gb: float | None = None) -> Recommendation:
     """Pick one trial from the feasible front.
