@@ -44,8 +44,8 @@ def test_front_is_the_non_dominated_feasible_records() -> None:
 
 
 def test_max_reward_within_budget() -> None:
-    assert recommend(RECORDS).record.number == 2
-    rec = recommend(RECORDS, budget_gb=8.0)   # 2 is over 8 GiB
+    assert recommend(RECORDS, policy="max-reward").record.number == 2
+    rec = recommend(RECORDS, policy="max-reward", budget_gb=8.0)   # 2 is over 8 GiB
     assert rec.record.number == 3 and rec.baseline is not None and rec.baseline.number == 0
     assert "ties the best (0.69" in rec.reason
 
@@ -53,7 +53,7 @@ def test_max_reward_within_budget() -> None:
 def test_max_reward_ties_go_to_lower_peak_then_fragmentation() -> None:
     tied = [_rec(0, 0.7, 5.0, frag=0.3), _rec(1, 0.7, 5.0, frag=0.1), _rec(2, 0.7, 6.0, frag=0.0)]
     # 0 and 1 do not dominate each other on (reward, peak); 2 is dominated by both
-    assert recommend(tied).record.number == 1
+    assert recommend(tied, policy="max-reward").record.number == 1
 
 
 def test_min_memory_keeps_reward_within_ratio() -> None:
@@ -72,7 +72,7 @@ def test_nothing_feasible_and_bad_policy_are_errors() -> None:
 
 
 def test_outputs_and_summary(tmp_path: Path) -> None:
-    rec = recommend(RECORDS, budget_gb=8.0)
+    rec = recommend(RECORDS, policy="max-reward", budget_gb=8.0)
     pareto_path, yaml_path = write_outputs(rec, RECORDS, tmp_path)
     assert TrialConfig.load(yaml_path) == RECORDS[3].config
     doc = json.loads(pareto_path.read_text())
@@ -85,10 +85,10 @@ def test_outputs_and_summary(tmp_path: Path) -> None:
 def test_max_reward_treats_rewards_within_two_standard_errors_as_ties() -> None:
     close = [_rec(0, 0.70, 10.0, se=0.01), _rec(1, 0.68, 6.0, se=0.01), _rec(2, 0.60, 4.0, se=0.01)]
     # 0.70 - 0.68 = 0.02 < 2 * hypot(0.01, 0.01) = 0.028: a tie, so the lower peak wins
-    assert recommend(close).record.number == 1
+    assert recommend(close, policy="max-reward").record.number == 1
     # without standard errors the difference counts, as before
     exact = [_rec(0, 0.70, 10.0), _rec(1, 0.68, 6.0), _rec(2, 0.60, 4.0)]
-    assert recommend(exact).record.number == 0
+    assert recommend(exact, policy="max-reward").record.number == 0
 
 
 def test_min_memory_ratio_is_against_the_baseline_by_default_and_the_best_on_request() -> None:
@@ -128,7 +128,7 @@ def test_outputs_name_the_sources(tmp_path: Path) -> None:
                   reward_source="smollm2-135m proxy, 8 steps")
     _, yaml_path = write_outputs(recommend([chosen]), [chosen], tmp_path)
     head = yaml_path.read_text().splitlines()[:3]
-    assert head == ["# autotune recommendation: trial #1, policy max-reward",
+    assert head == ["# autotune recommendation: trial #1, policy min-memory",
                     "# memory: llama-1b, planned (simulator)", "# reward: smollm2-135m proxy, 8 steps"]
     assert TrialConfig.load(yaml_path) == chosen.config
     doc = json.loads((tmp_path / "pareto.json").read_text())
