@@ -130,9 +130,14 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
         ref, ref_name = _reference(front, baseline, reference)
         floor = _reward(ref) - (1 - min_reward_ratio) * abs(_reward(ref))  # a ratio that also works for negative rewards
         eligible = [r for r in front if _reward(r) >= floor - _tie_margin(r, ref)]
-        chosen = min(eligible, key=lambda r: (_peak(r), -_reward(r), _frag(r)))
-        reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {len(eligible)} trials {within} whose reward is at "
-                  f"least {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}), within two standard errors")
+        if eligible:
+            chosen = min(eligible, key=lambda r: (_peak(r), -_reward(r), _frag(r)))
+            reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {len(eligible)} trials {within} whose reward is "
+                      f"at least {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}), within two standard errors")
+        else:   # e.g. the baseline is over the budget and every trial within it scores lower
+            chosen = min(front, key=lambda r: (-_reward(r), _peak(r), _frag(r)))
+            reason = (f"no trial {within} keeps {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}); "
+                      f"the highest reward instead ({_reward(chosen):.4g})")
     return Recommendation(record=chosen, baseline=baseline, policy=policy, reason=reason,
                           baseline_planned_gb=baseline_planned_gb)
 

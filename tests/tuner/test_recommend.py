@@ -101,6 +101,12 @@ def test_min_memory_ratio_is_against_the_baseline_by_default_and_the_best_on_req
         recommend(records, policy="min-memory", reference="median")
 
 
+def test_min_memory_without_any_trial_at_the_ratio_takes_the_best_reward_and_says_so() -> None:
+    over = _rec(0, 0.50, 46.0, reason="baseline", status="prescreened", feasible=False)
+    rec = recommend([over, _rec(1, 0.30, 20.0), _rec(2, 0.40, 30.0)], policy="min-memory")
+    assert rec.record.number == 2 and "no trial on the feasible front keeps 0.98 of the baseline's reward" in rec.reason
+
+
 def test_min_memory_shortfall_within_two_standard_errors_is_a_tie() -> None:
     records = [_rec(0, 0.50, 10.0, reason="baseline", se=0.01), _rec(1, 0.475, 3.0, se=0.01)]
     # floor 0.49; 0.475 is 0.015 short, within 2 * hypot(0.01, 0.01) = 0.028
