@@ -124,7 +124,7 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
         best = max(front, key=_reward)
         tied = [r for r in front if _reward(r) >= _reward(best) - _tie_margin(r, best)]
         chosen = min(tied, key=lambda r: (_peak(r), -_reward(r), _frag(r)))
-        reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {len(tied)} of {len(front)} trials {within} whose "
+        reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {len(tied)} of {_trials(len(front))} {within} whose "
                   f"reward ties the best ({_reward(best):.4g}, within two standard errors)")
     else:
         ref, ref_name = _reference(front, baseline, reference)
@@ -132,7 +132,7 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
         eligible = [r for r in front if _reward(r) >= floor - _tie_margin(r, ref)]
         if eligible:
             chosen = min(eligible, key=lambda r: (_peak(r), -_reward(r), _frag(r)))
-            reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {len(eligible)} trials {within} whose reward is "
+            reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {_trials(len(eligible))} {within} whose reward is "
                       f"at least {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}), within two standard errors")
         else:   # e.g. the baseline is over the budget and every trial within it scores lower
             chosen = min(front, key=lambda r: (-_reward(r), _peak(r), _frag(r)))
@@ -140,6 +140,10 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
                       f"the highest reward instead ({_reward(chosen):.4g})")
     return Recommendation(record=chosen, baseline=baseline, policy=policy, reason=reason,
                           baseline_planned_gb=baseline_planned_gb)
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial{'s' if n != 1 else ''}"
 
 
 def _reference(front: list[TrialRecord], baseline: TrialRecord | None, reference: str) -> tuple[TrialRecord, str]:
