@@ -150,6 +150,8 @@ def test_an_unwritable_trial_folder_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "trials").write_text("a file where the folder should be\n")
     with pytest.raises(StorageError, match="cannot write .*run the same command again"):
         run_trial(TrialConfig(), tmp_path / "trials" / "0", launcher=Launcher(trial_command=("true",)))
+
+
 @pytest.mark.parametrize(("sig", "expected"), [
     ("SIGKILL", "killed by SIGKILL, most likely the OS out-of-memory killer; the host had "),
     ("SIGSEGV", "killed by SIGSEGV"),
