@@ -2,10 +2,13 @@
 
 `CachingAllocatorSim` follows c10/cuda/CUDACachingAllocator.cpp (`malloc`, `get_free_block`,
 `alloc_found_block`, `free_block`, `release_*`, `garbage_collect_cached_blocks` and the expandable
-segment path) on one device and ONE stream: ZeRO and FSDP run communication on side streams,
-where a free block is reused only on its own stream and `record_stream` delays frees, so a real
-multi-stream run can reserve more than the simulator predicts. Replaying a storage trace through it
-gives the reserved memory and fragmentation a GPU would show for the same allocation sequence.
+segment path) on one device. Streams are modelled: each segment belongs to the stream that
+allocated it and a free block is reused only on that stream, as PyTorch does (ZeRO and FSDP run
+communication on side streams). `record_stream` delays are the caller's to express, by freeing at
+the time the block becomes reusable (a trace replay frees at `free_completed`). The storage tracer
+behind the `cpu` and `fake` backends sees no streams, so their predictions assume a single stream.
+Replaying a storage trace through it gives the reserved memory and fragmentation a GPU would show
+for the same allocation sequence.
 
 Usable memory is modelled explicitly: `capacity_bytes` is the device total, of which
 `context_reserve_bytes` (the CUDA context, library handles; a per-device default from
@@ -141,8 +144,10 @@ class CachingAllocatorSim(ExpandableSegments):
         return int(fraction * self.capacity_bytes)
 
     # -- public API --------------------------------------------------------------------------
-    def malloc(self, nbytes: int) -> int:
-        """Allocate `nbytes` and return a handle for `free`. Zero bytes gives the null handle 0.
+    def malloc(self, nbytes: int, stream: int = 0) -> int:
+        """Allocate `nbytes` on `stream`; a handle for `free`. Zero bytes gives the null handle 0.
+
+        A cached block is reused only by the stream its segment was allocated on, as in PyTorch.
 
         Raises:
             ValueError: `nbytes` is negative or not an integer.
@@ -158,9 +163,9 @@ class CachingAllocatorSim(ExpandableSegments):
             return 0        # like the C++ allocator, which hands out nullptr for size 0
         size = round_size(nbytes, self._divisions)
         pool = self._small if size <= SMALL_SIZE else self._large
-        block = self._get_free_block(pool, size)
+        block = self._get_free_block(pool, size, stream)
         if block is None:
-            block = self._allocate_segment(pool, size)
+            block = self._allocate_segment(pool, size, stream)
         return self._alloc_found_block(block, size)
 
     def free(self, handle: int) -> None:
@@ -208,7 +213,7 @@ class CachingAllocatorSim(ExpandableSegments):
         """Segments and their blocks, shaped like `torch.cuda.memory_snapshot()`, lowest address first.
 
         Each segment: address, total_size (mapped bytes), allocated_size, segment_type
-        ("small"/"large"), expandable, and blocks with address, size and state
+        ("small"/"large"), stream, expandable, and blocks with address, size and state
         ("active_allocated", "inactive" or "unmapped").
         """
         blocks = list(self._active.values())
@@ -227,13 +232,14 @@ class CachingAllocatorSim(ExpandableSegments):
                 "total_size": sum(b["size"] for b in chain if b["state"] != "unmapped"),
                 "allocated_size": sum(b["size"] for b in chain if b["state"] == "active_allocated"),
                 "segment_type": "small" if head.pool.small else "large",
+                "stream": head.stream,
                 "expandable": head.segment is not None,
                 "blocks": chain,
             })
         return segments
 
     def seed_segment(self, address: int, total_bytes: int, live: list[tuple[int, int]], *,
-                     small: bool) -> dict[int, int]:
+                     small: bool, stream: int = 0) -> dict[int, int]:
         """Add a segment that existed before a trace began, holding the `live` (address, size) blocks.
 
         The gaps between live blocks become free blocks, merged as the allocator keeps them. Peaks
@@ -258,7 +264,7 @@ class CachingAllocatorSim(ExpandableSegments):
             pieces.append((cursor, end - cursor, False))
         blocks, previous = [], None
         for addr, size, allocated in pieces:
-            block = Block(size, addr, pool)
+            block = Block(size, addr, pool, stream=stream)
             if previous is not None:
                 link_after(previous, block)
             blocks.append((block, allocated))
@@ -295,16 +301,17 @@ class CachingAllocatorSim(ExpandableSegments):
         return self._active[handle].size if handle else 0
 
     # -- malloc path -------------------------------------------------------------------------
-    def _get_free_block(self, pool: BlockPool, size: int) -> Block | None:
+    def _get_free_block(self, pool: BlockPool, size: int, stream: int) -> Block | None:
         if self._gc_on:
             pool.gc_calls += 1
-        i = pool.lower_bound(size)
-        if i == len(pool.keys):
+        i = pool.lower_bound(size, stream)
+        if i == len(pool.keys) or pool.at(i).stream != stream:
             return None
         block = pool.at(i)
         if block.segment is not None and self._expandable:
             # A block just before unmapped space counts as the size it could grow to.
-            while i + 1 < len(pool.keys) and grow_size(pool.at(i + 1)) < grow_size(block):
+            while (i + 1 < len(pool.keys) and pool.at(i + 1).stream == stream
+                   and grow_size(pool.at(i + 1)) < grow_size(block)):
                 i += 1
                 block = pool.at(i)
         if size < self._max_split <= block.size:
@@ -314,17 +321,17 @@ class CachingAllocatorSim(ExpandableSegments):
         pool.remove(block)
         return block
 
-    def _allocate_segment(self, pool: BlockPool, size: int) -> Block:
+    def _allocate_segment(self, pool: BlockPool, size: int, stream: int) -> Block:
         if self._gc_on:
             self._garbage_collect()
         alloc_size = allocation_size(size)
-        block = self._alloc_block(pool, size, alloc_size)
-        if block is None and self._release_available_cached_blocks(pool, size):
-            block = self._alloc_block(pool, size, alloc_size)
+        block = self._alloc_block(pool, size, alloc_size, stream)
+        if block is None and self._release_available_cached_blocks(pool, size, stream):
+            block = self._alloc_block(pool, size, alloc_size, stream)
         if block is None:
             self._release_cached_blocks()
             self.num_alloc_retries += 1
-            block = self._alloc_block(pool, size, alloc_size)
+            block = self._alloc_block(pool, size, alloc_size, stream)
         if block is None:
             self.num_ooms += 1
             raise SimulatedOutOfMemoryError(
@@ -334,12 +341,12 @@ class CachingAllocatorSim(ExpandableSegments):
             )
         return block
 
-    def _alloc_block(self, pool: BlockPool, size: int, alloc_size: int) -> Block | None:
+    def _alloc_block(self, pool: BlockPool, size: int, alloc_size: int, stream: int) -> Block | None:
         if self._expandable:
-            return self._alloc_expandable(pool, size)
+            return self._alloc_expandable(pool, size, stream)
         if self._limit is not None and self.reserved + alloc_size > self._limit:
             return None
-        block = Block(alloc_size, self._take_addresses(alloc_size), pool)
+        block = Block(alloc_size, self._take_addresses(alloc_size), pool, stream=stream)
         self._add_reserved(alloc_size)
         self.segments += 1
         self.num_device_malloc += 1
@@ -351,7 +358,7 @@ class CachingAllocatorSim(ExpandableSegments):
         counts_split = block.segment is None    # PyTorch keeps no inactive_split for expandable segments
         if self._should_split(block, size):
             remaining = block
-            block = Block(size, remaining.addr, pool, remaining.segment)
+            block = Block(size, remaining.addr, pool, remaining.segment, remaining.stream)
             block.prev = remaining.prev
             if block.prev is not None:
                 block.prev.next = block
@@ -417,18 +424,18 @@ class CachingAllocatorSim(ExpandableSegments):
         self.segments -= 1
         self.num_device_free += 1
 
-    def _release_available_cached_blocks(self, pool: BlockPool, size: int) -> bool:
-        """With max_split_size: free one oversize cached block, or several, largest first."""
+    def _release_available_cached_blocks(self, pool: BlockPool, size: int, stream: int) -> bool:
+        """With max_split_size: free one of `stream`'s oversize cached blocks, or several, largest first."""
         if self._max_split >= 1 << 64:
             return False
         want = max(size, self._max_split)
-        i = pool.lower_bound(want)
-        if i < len(pool.keys) and pool.at(i).segment is None:
+        i = pool.lower_bound(want, stream)
+        if i < len(pool.keys) and pool.at(i).segment is None and pool.at(i).stream == stream:
             self._release_block(pool.at(i))
             return True
         released = 0
         for block in reversed(pool.sorted_blocks()[:i]):
-            if released >= want or block.size < self._max_split:
+            if released >= want or block.size < self._max_split or block.stream != stream:
                 break
             if block.segment is None:
                 released += block.size

@@ -56,9 +56,10 @@ def allocation_size(size: int) -> int:
 class Block:
     """A contiguous range of a segment, free or handed out; prev/next link the segment's pieces."""
 
-    __slots__ = ("size", "addr", "pool", "allocated", "prev", "next", "segment", "mapped", "gc_base")
+    __slots__ = ("size", "addr", "pool", "allocated", "prev", "next", "segment", "mapped", "gc_base", "stream")
 
-    def __init__(self, size: int, addr: int, pool: BlockPool, segment: ExpandableSegment | None = None):
+    def __init__(self, size: int, addr: int, pool: BlockPool, segment: ExpandableSegment | None = None,
+                 stream: int = 0):
         self.size = size
         self.addr = addr
         self.pool = pool
@@ -68,6 +69,7 @@ class Block:
         self.segment = segment          # the expandable segment it lives in, else None
         self.mapped = True
         self.gc_base = 0                # pool.gc_calls when it was last freed: its GC "age" origin
+        self.stream = stream            # the stream its segment was allocated on; reused only there
 
     @property
     def is_split(self) -> bool:
@@ -75,20 +77,21 @@ class Block:
 
 
 class BlockPool:
-    """Free blocks of one pool, sorted by (size, address) for best fit; unmapped ones by address."""
+    """Free blocks of one pool, sorted by (stream, size, address) as PyTorch's BlockComparatorSize
+    sorts them, so best fit looks only at the requesting stream's blocks; unmapped ones by address."""
 
     __slots__ = ("small", "keys", "by_addr", "unmapped", "gc_calls")
 
     def __init__(self, small: bool):
         self.small = small
-        self.keys: list[tuple[int, int]] = []       # sorted (size, addr) of free mapped blocks
+        self.keys: list[tuple[int, int, int]] = []  # sorted (stream, size, addr) of free mapped blocks
         self.by_addr: dict[int, Block] = {}
         self.unmapped: dict[int, Block] = {}        # expandable segments' unmapped ranges
         self.gc_calls = 0                           # get_free_blocks_call_count
 
     def insert(self, block: Block) -> None:
         if block.mapped:
-            insort(self.keys, (block.size, block.addr))
+            insort(self.keys, (block.stream, block.size, block.addr))
             self.by_addr[block.addr] = block
             block.gc_base = self.gc_calls
         else:
@@ -99,19 +102,22 @@ class BlockPool:
         if not block.mapped:
             del self.unmapped[block.addr]
             return
-        i = bisect_left(self.keys, (block.size, block.addr))
+        i = bisect_left(self.keys, (block.stream, block.size, block.addr))
         del self.keys[i]
         del self.by_addr[block.addr]
 
-    def lower_bound(self, size: int) -> int:
-        """Index of the smallest free block of at least `size` bytes (lowest address among equals)."""
-        return bisect_left(self.keys, (size, -1))
+    def lower_bound(self, size: int, stream: int = 0) -> int:
+        """Index of `stream`'s smallest free block of at least `size` bytes (lowest address among equals).
+
+        The block there may belong to a later stream: callers check `at(i).stream`.
+        """
+        return bisect_left(self.keys, (stream, size, -1))
 
     def at(self, index: int) -> Block:
-        return self.by_addr[self.keys[index][1]]
+        return self.by_addr[self.keys[index][2]]
 
     def sorted_blocks(self) -> list[Block]:
-        return [self.by_addr[addr] for _, addr in self.keys]
+        return [self.by_addr[addr] for _, _, addr in self.keys]
 
 
 class ExpandableSegment:

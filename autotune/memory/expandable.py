@@ -23,7 +23,7 @@ _NO_LIMIT_VA = 1 << 46          # virtual size of an expandable segment when no 
 class ExpandableSegments:
     """Methods of `CachingAllocatorSim` for expandable segments."""
 
-    def _alloc_expandable(self, pool: BlockPool, size: int) -> Block | None:
+    def _alloc_expandable(self, pool: BlockPool, size: int, stream: int = 0) -> Block | None:
         """`try_allocate_expandable_block`: map pages at the end of a free range until it fits.
 
         The memory-fraction check takes reserved + the request, as `alloc_block` does before it maps;
@@ -31,7 +31,7 @@ class ExpandableSegments:
         """
         if self._fraction_limit is not None and self.reserved + size > self._fraction_limit:
             return None
-        candidate = self._find_expandable_block(pool, size)
+        candidate = self._find_expandable_block(pool, size, stream)
         if not candidate.mapped and not self._map_block(candidate, min(candidate.size, size)):
             return None
         while candidate.size < size:
@@ -42,9 +42,11 @@ class ExpandableSegments:
         pool.remove(candidate)
         return candidate
 
-    def _find_expandable_block(self, pool: BlockPool, size: int) -> Block:
+    def _find_expandable_block(self, pool: BlockPool, size: int, stream: int) -> Block:
         for addr in sorted(pool.unmapped):
             start = pool.unmapped[addr]
+            if start.stream != stream:
+                continue            # each stream grows its own expandable segment
             if start.prev is not None and not start.prev.allocated:
                 start = start.prev
             room, block = 0, start
@@ -58,7 +60,7 @@ class ExpandableSegments:
         va_size = -(-va_size // page) * page
         # PyTorch's `segment` stat counts cudaMalloc'd segments; an expandable one is not among them.
         segment = ExpandableSegment(self._take_addresses(va_size, hinted=False), va_size, page)
-        block = Block(va_size, segment.base, pool, segment)
+        block = Block(va_size, segment.base, pool, segment, stream)
         block.mapped = False
         pool.insert(block)
         return block
@@ -73,7 +75,7 @@ class ExpandableSegments:
         pool.remove(block)
         block.mapped = True
         if mapped < block.size:
-            rest = Block(block.size - mapped, block.addr + mapped, pool, segment)
+            rest = Block(block.size - mapped, block.addr + mapped, pool, segment, block.stream)
             rest.mapped = False
             link_after(block, rest)
             pool.insert(rest)
@@ -93,12 +95,12 @@ class ExpandableSegments:
         pool.remove(block)
         start, nbytes = segment.page_addr(pages.start), len(pages) * segment.page
         if start > block.addr:
-            before = Block(start - block.addr, block.addr, pool, segment)
+            before = Block(start - block.addr, block.addr, pool, segment, block.stream)
             link_before(block, before)
             pool.insert(before)
         after_size = block.addr + block.size - (start + nbytes)
         if after_size > 0:
-            after = Block(after_size, start + nbytes, pool, segment)
+            after = Block(after_size, start + nbytes, pool, segment, block.stream)
             link_after(block, after)
             pool.insert(after)
         block.addr, block.size, block.mapped = start, nbytes, False

@@ -103,7 +103,8 @@ def replay_snapshot_events(snapshot: Mapping[str, Any], config: AllocatorConfig 
     `alloc` and `free_completed` (else `free_requested`) drive malloc and free; `segment_alloc` gives
     the next segment's real address; `segment_free` releases that segment (after `empty_cache()`, an
     OOM retry or the GC threshold: the trace does not say which, and following it covers all three).
-    The trace is taken as one stream; events of several streams are merged, with a warning.
+    Each alloc runs on its event's stream, so a block freed on one stream is not reused by another;
+    freeing at `free_completed` carries `record_stream` delays over from the real run.
 
     Args:
         snapshot: the dict `_snapshot()` returns (or `load_snapshot` reads back).
@@ -119,15 +120,14 @@ def replay_snapshot_events(snapshot: Mapping[str, Any], config: AllocatorConfig 
     """
     device, events = device_events(snapshot, device)
     config = config or config_from_snapshot(snapshot)
-    if len({e.get("stream", 0) for e in events}) > 1:
-        logger.warning("replay_snapshot: the trace uses several streams; the simulator treats them as one")
     sim = CachingAllocatorSim(config, capacity_bytes, context_reserve_bytes=context_reserve_bytes)
     handles: dict[int, int] = {}
     real = before = 0
     if seed:
         segments, real = initial_state(snapshot, events, device, config)
         for segment in segments:
-            handles.update(sim.seed_segment(segment.address, segment.total_bytes, segment.live, small=segment.small))
+            handles.update(sim.seed_segment(segment.address, segment.total_bytes, segment.live,
+                                            small=segment.small, stream=segment.stream))
         sim.reset_peak_stats()
         before = real
     n, free_action = len(events), free_action_of(events)
@@ -137,7 +137,7 @@ def replay_snapshot_events(snapshot: Mapping[str, Any], config: AllocatorConfig 
     for i, event in enumerate(events):
         action, addr = event["action"], event["addr"]
         if action == "alloc":
-            handles[addr] = sim.malloc(int(event["size"]))
+            handles[addr] = sim.malloc(int(event["size"]), event.get("stream", 0))
             sim.segment_address_hint = None
         elif action == free_action:
             handle = handles.pop(addr, None)

@@ -66,6 +66,7 @@ class SeedSegment:
     address: int
     total_bytes: int
     small: bool
+    stream: int = 0
     live: list[tuple[int, int]] = field(default_factory=list)   # (address, block bytes)
 
 
@@ -93,12 +94,12 @@ def initial_state(snapshot: Mapping[str, Any], events: list[dict], device: int,
     never allocated it (its size is known exactly). Expandable segments are left out.
     """
     final = [s for s in snapshot.get("segments", []) if s.get("device", device) == device and not s.get("is_expandable")]
-    segments = {s["address"]: (s["total_size"], s["segment_type"] == "small") for s in final}
+    segments = {s["address"]: (s["total_size"], s["segment_type"] == "small", s.get("stream", 0)) for s in final}
     for event in reversed(events):
         if event["action"] == "segment_alloc":
             segments.pop(event["addr"], None)
         elif event["action"] == "segment_free":
-            segments[event["addr"]] = (event["size"], event["size"] <= SMALL_BUFFER)
+            segments[event["addr"]] = (event["size"], event["size"] <= SMALL_BUFFER, event.get("stream", 0))
     live_in_trace: set[int] = set()
     live: dict[int, int] = {}
     divisions, free_action = config.roundup_intervals(), free_action_of(events)
@@ -114,9 +115,9 @@ def initial_state(snapshot: Mapping[str, Any], events: list[dict], device: int,
             if block["state"].startswith("active") and block["address"] not in live_in_trace:
                 live[block["address"]] = block["size"]
     seeds = []
-    for address, (total, small) in sorted(segments.items()):
+    for address, (total, small, stream) in sorted(segments.items()):
         inside = [(a, n) for a, n in live.items() if address <= a < address + total]
-        seeds.append(SeedSegment(address=address, total_bytes=total, small=small, live=sorted(inside)))
+        seeds.append(SeedSegment(address=address, total_bytes=total, small=small, stream=stream, live=sorted(inside)))
     return seeds, sum(s.total_bytes for s in seeds)
 
 

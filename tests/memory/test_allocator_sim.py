@@ -263,3 +263,22 @@ def test_malformed_allocator_string_is_rejected(text, fragment):
 def test_allocator_string_parses_the_env_syntax():
     cfg = AllocatorConfig.from_env_string("expandable_segments:True,max_split_size_mb:128")
     assert cfg.expandable_segments and cfg.max_split_size_bytes == 128 * MiB
+
+
+def test_a_cached_block_is_reused_only_on_its_own_stream():
+    same, other = sim(), sim()
+    same.free(same.malloc(5 * MiB, stream=1))
+    same.malloc(5 * MiB, stream=1)
+    other.free(other.malloc(5 * MiB, stream=1))
+    other.malloc(5 * MiB, stream=2)          # a side stream (ZeRO, FSDP) cannot take stream 1's block
+    assert same.stats()["reserved_bytes"] == 20 * MiB
+    assert other.stats()["reserved_bytes"] == 40 * MiB
+    assert {s["stream"] for s in other.snapshot()} == {1, 2}
+
+
+def test_empty_cache_releases_every_streams_free_segments():
+    s = sim()
+    for stream in (0, 7):
+        s.free(s.malloc(5 * MiB, stream=stream))
+    s.empty_cache()
+    assert s.stats()["reserved_bytes"] == 0

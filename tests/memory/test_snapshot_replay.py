@@ -85,6 +85,24 @@ def test_replay_follows_alloc_free_and_segment_frees():
     assert stats["num_device_free"] == 1
 
 
+def _on(stream: int, action: str, addr: int, size: int) -> dict:
+    return {**_event(action, addr, size), "stream": stream}
+
+
+def test_replay_keeps_streams_apart_and_frees_when_the_free_completes():
+    events = [
+        _on(1, "segment_alloc", 0x1000_0000, 20 * MiB), _on(1, "alloc", 0x1000_0000, 20 * MiB),
+        _on(1, "free_requested", 0x1000_0000, 20 * MiB),
+        # record_stream: the block is not reusable until free_completed, so this needs a new segment
+        _on(1, "segment_alloc", 0x2000_0000, 20 * MiB), _on(1, "alloc", 0x2000_0000, 20 * MiB),
+        _on(1, "free_completed", 0x1000_0000, 20 * MiB),
+        # a side stream cannot take stream 1's cached block either
+        _on(2, "segment_alloc", 0x3000_0000, 20 * MiB), _on(2, "alloc", 0x3000_0000, 20 * MiB),
+    ]
+    replay = replay_snapshot_events({"device_traces": [events], "segments": []})
+    assert replay.mismatches == 0 and replay.stats["reserved_bytes"] == 60 * MiB
+
+
 def test_snapshot_without_traces_is_rejected():
     with pytest.raises(ConfigError, match="_record_memory_history"):
         replay_snapshot({"segments": []}, AllocatorConfig())
