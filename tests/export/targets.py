@@ -84,3 +84,26 @@ def verl_compose(overrides: list[str]) -> object:
     config_dir = os.path.join(importlib.util.find_spec("verl").submodule_search_locations[0], "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         return compose(config_name="ppo_trainer", overrides=overrides)
+
+
+def optimizer_state_summary(optimizer: object) -> dict[str, object]:
+    """What FRUGAL (or AdamW) holds after a step, through any DeepSpeed/accelerate wrappers.
+
+    ZeRO-3 empties each group's `params` between steps and keeps its fp32 partitions in
+    `fp32_partitioned_groups_flat` (sub-group -> group through `sub_group_to_group_id`), so the
+    tensors are read from there; ZeRO-1/2 keep their flat partitions in the groups.
+    """
+    wrappers = []
+    while hasattr(optimizer, "optimizer"):
+        wrappers.append(optimizer)
+        optimizer = optimizer.optimizer
+    zero3 = next((w for w in wrappers if hasattr(w, "fp32_partitioned_groups_flat")), None)
+    if zero3 is not None:
+        tensors = [(optimizer.param_groups[zero3.sub_group_to_group_id[i]], t)
+                   for i, t in enumerate(zero3.fp32_partitioned_groups_flat)]
+    else:
+        tensors = [(g, p) for g in optimizer.param_groups for p in g["params"]]
+    free = [t for g, t in tensors if g.get("statefull") is False]
+    return {"optimizer": type(optimizer).__name__, "state_free_tensors": len(free),
+            "state_free_with_state": sum(bool(optimizer.state.get(t)) for t in free),
+            "tensors_with_state": sum(bool(optimizer.state.get(t)) for _, t in tensors)}

@@ -55,8 +55,9 @@ def test_grpo_trainer_runs_two_steps_from_the_trl_export(case: str, tmp_path: Pa
     assert result["steps"] == 2
     assert result["deepspeed"] == cfg.memory.needs_deepspeed
     assert result["optimizer"] == ("FRUGAL" if cfg.optimizer.name == "frugal" else "AdamW")
+    assert result["tensors_with_state"] > 0
     if cfg.optimizer.name == "frugal":
-        assert result["state_free_params"] > 0 and result["state_free_with_state"] == 0
+        assert result["state_free_tensors"] > 0 and result["state_free_with_state"] == 0
 
 
 @pytest.mark.parametrize("cfg", [GOLDEN_CONFIG, ZERO3_FRUGAL_CONFIG], ids=["golden", "zero3-offload-frugal"])
@@ -70,5 +71,5 @@ def test_openrlhf_strategy_builds_frugal_through_the_hook(cfg, tmp_path: Path) -
     result = _results(proc.stdout)[-1]
     print(json.dumps(result))
     assert (result["stage"], result["offload"], result["optimizer"]) == (cfg.memory.zero_stage, True, "FRUGAL")
-    assert result["params_with_state"] > 0                      # the step happened
-    assert result["state_free_params"] > 0 and result["state_free_with_state"] == 0
+    assert result["tensors_with_state"] > 0                     # the step happened
+    assert result["state_free_tensors"] > 0 and result["state_free_with_state"] == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from tests.export.targets import openrlhf_parse
+from tests.export.targets import openrlhf_parse, optimizer_state_summary
 from tests.export.test_targets import OPENRLHF_SITE_FLAGS
 
 folder = Path(sys.argv[1])
@@ -39,10 +39,5 @@ engine = actor.model
 ids = torch.randint(0, 64, (2, 8))
 engine.backward(engine(ids).logits.float().mean())
 engine.step()
-inner = optimizer.optimizer
-free = [p for g in inner.param_groups if g.get("statefull") is False for p in g["params"]]
 print("RESULT", json.dumps({"stage": engine.zero_optimization_stage(), "offload": engine.zero_cpu_offload(),
-                            "optimizer": type(inner).__name__, "lr": inner.param_groups[0]["lr"],
-                            "state_free_params": len(free),
-                            "state_free_with_state": sum(bool(inner.state.get(p)) for p in free),
-                            "params_with_state": sum(bool(s) for s in inner.state.values())}))
+                            **optimizer_state_summary(optimizer)}))

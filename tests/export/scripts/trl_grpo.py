@@ -49,11 +49,7 @@ if (folder / "frugal_partition.yaml").is_file():   # the README's FRUGAL route f
     trainer_cls = FrugalGRPOTrainer
 trainer = trainer_cls(model=model, reward_funcs=reward, args=args, train_dataset=prompts, processing_class=tok)
 trainer.train()
-opt = trainer.optimizer
-inner = getattr(opt, "optimizer", opt)
-inner = getattr(inner, "optimizer", inner)
-free = [p for g in inner.param_groups if g.get("statefull") is False for p in g["params"]]
-print("RESULT", json.dumps({"steps": trainer.state.global_step, "optimizer": type(inner).__name__,
-                            "deepspeed": trainer.is_deepspeed_enabled,
-                            "state_free_params": len(free), "state_free_with_state": sum(bool(inner.state.get(p)) for p in free),
-                            "params_with_state": sum(bool(s) for s in inner.state.values())}))
+from tests.export.targets import optimizer_state_summary  # noqa: E402
+
+print("RESULT", json.dumps({"steps": trainer.state.global_step, "deepspeed": trainer.is_deepspeed_enabled,
+                            **optimizer_state_summary(trainer.optimizer)}))
