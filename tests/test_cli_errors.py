@@ -178,3 +178,16 @@ def test_an_unknown_task_or_a_non_jsonl_prompts_file_fails_before_any_trial(
     code, _, err = _main([*SEARCH[:3], "--space", "space.yaml", "--study", "s", "--budget-gb", "0.025"], capsys)
     assert code == 1 and needle in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_stop_signal_after_the_work_is_done_changes_nothing(tmp_path: Path) -> None:
+    # Ctrl-C as a finished search shuts down used to end it as killed by SIGINT (exit -2) or print a traceback
+    script = tmp_path / "late.py"
+    script.write_text("import atexit, os, signal, sys\n"
+                      "sys.argv = ['autotune', '--version']\n"
+                      "from autotune.cli import main\n"
+                      "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+                      "main()\n")
+    done = subprocess.run([sys.executable, str(script)], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

@@ -69,6 +69,18 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the one place every error becomes a message
         _report(exc)
         sys.exit(1)
+    finally:
+        if argv is None:   # the program itself, not a caller in Python
+            _ignore_late_stops()
+
+
+def _ignore_late_stops() -> None:
+    """The command's work is done (or abandoned) and reported: a Ctrl-C or SIGTERM that arrives while
+    Python shuts down changes nothing, so it must not turn a finished run into a death by signal."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _exit_interrupted() -> None:
