@@ -495,11 +495,18 @@ class TrialConfig:
     device: Literal["cuda", "cpu", "fake"] = "cpu"
     # Simulated device capacity for the cpu and fake backends: a trial over it is an OOM. None: unlimited.
     device_memory_gb: float | None = None
+    # Data-parallel ranks of one trial (DeepSpeed, started by torchrun). It sits here, beside `device`,
+    # and not in MemoryConfig: it is the hardware a trial spans, not an intervention the tuner turns
+    # on or off, and every rank runs the whole workload, so it scales what ZeRO shards rather than
+    # what any one memory switch does. `fake` plans rank 0 of `world_size`.
+    world_size: int = 1
 
     def problems(self) -> Problems:
         yield from _non_finite(self)
         if self.device_memory_gb is not None and self.device_memory_gb <= 0:
             yield "device_memory_gb", f"must be positive, got {self.device_memory_gb}"
+        if self.world_size < 1:
+            yield "world_size", f"must be at least 1, got {self.world_size}"
         if self.algorithm == "grpo" and "critic_train" in self.memory.empty_cache_after:
             yield "memory.empty_cache_after", "lists critic_train, but GRPO has no critic"
         if self.memory.offload_optimizer and self.memory.zero_stage == 0:
@@ -508,6 +515,11 @@ class TrialConfig:
         if uses_frugal and self.optimizer.partition.rotates and self.memory.zero_stage > 0:
             yield ("optimizer.partition.placement", "'rotate' cannot work under ZeRO (memory.zero_stage > 0 flattens "
                    "parameter groups); choose top, bottom, spread or explicit layers")
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        """DeepSpeed runs the updates: ZeRO or offload asked for, or more than one rank to keep in step."""
+        return self.memory.needs_deepspeed or self.world_size > 1
 
     # -- I/O -----------------------------------------------------------------------------------
     @classmethod

@@ -1,6 +1,7 @@
 """TrialResult: what `autotune trial` writes, and what the tuner reads back. JSON on disk."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,11 @@ class TrialResult:
     memory_source: str = ""
     reward_source: str = ""
     reward_key: str = ""                    # the reward run this trial's reward came from; "" for its own run
+    # A trial over several ranks: `memory` is the report of the rank with the highest reserved peak
+    # (the memory objective is the maximum over ranks), `rank_memory` every rank's, in rank order.
+    world_size: int = 1
+    rank: int = 0                           # the rank that wrote this result (0 for a combined one)
+    rank_memory: tuple[MemoryReport | None, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -60,6 +66,53 @@ class TrialResult:
     @classmethod
     def from_dict(cls, data: dict) -> TrialResult:
         return schema.from_dict(cls, data)
+
+
+def combine_ranks(results: dict[int, TrialResult], world_size: int) -> TrialResult:
+    """One result for a trial that ran on `world_size` ranks, from the per-rank results found.
+
+    Rank 0 supplies reward and timings. The status is the first failing rank's (a missing rank is an
+    error: it died before it could write), so a rank that dies fails the whole trial with its reason.
+    `memory` is the report of the rank with the highest reserved peak.
+
+    Raises:
+        ValueError: `results` is empty (there is nothing to describe the trial with).
+    """
+    if not results:
+        raise ValueError("no rank wrote a result")
+    first = results.get(0) or results[min(results)]
+    reports = tuple(results[r].memory if r in results else None for r in range(world_size))
+    measured = [m for m in reports if m is not None]
+    memory = max(measured, key=lambda m: m.peak_reserved_bytes) if measured else None
+    status, message, failed_phase = "ok", first.message, None
+    failed = [r for r in sorted(results) if not results[r].ok]
+    missing = [r for r in range(world_size) if r not in results]
+    if failed:     # a rank that says why it failed explains more than one that was killed after it
+        bad = results[failed[0]]
+        status, message, failed_phase = bad.status, f"rank {failed[0]}: {bad.message}", bad.failed_phase
+    elif missing:
+        status, message = "error", f"rank {missing[0]} ended without a result (killed, or ended by its launcher)"
+    return dataclasses.replace(first, status=status, message=message, failed_phase=failed_phase, memory=memory,
+                               world_size=world_size, rank=0, rank_memory=reports)
+
+
+def rank_result_path(out: str | Path, rank: int) -> Path:
+    """Where rank `rank` of a several-rank trial writes its own result, next to `out` (result.rank1.json)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rank{rank}{out.suffix}")
+
+
+def read_rank_results(out: str | Path, world_size: int) -> dict[int, TrialResult]:
+    """The per-rank results that exist for `out`; an unreadable one counts as missing."""
+    found: dict[int, TrialResult] = {}
+    for r in range(world_size):
+        path = rank_result_path(out, r)
+        if path.is_file():
+            try:
+                found[r] = TrialResult.load(path)
+            except Exception:  # noqa: BLE001 - half a file from a killed rank is a missing result
+                continue
+    return found
 
 
 @dataclass(frozen=True, kw_only=True)

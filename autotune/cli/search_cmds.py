@@ -82,6 +82,10 @@ def _quiet_optuna() -> None:
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
 @click.option("--gpus", default=None, help="GPU indices for parallel trials, e.g. 0,1,2,3; default: the CPU.")
+@click.option("--gpus-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs (DeepSpeed ranks, started by torchrun) per trial; --gpus splits into groups of this size.")
+@click.option("--world-size", type=click.IntRange(min=1), default=None,
+              help="Ranks per trial without --gpus: CPU trials on gloo (default: the space's world_size).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Sampler seed.")
 @click.option("--policy", type=click.Choice(POLICIES), default="min-memory", show_default=True,
@@ -104,7 +108,8 @@ def _quiet_optuna() -> None:
               help="Run reward runs with this command instead of `autotune reward`.")
 def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
            budget_gb: float | None, reward_proxy: str | None, plan_memory: bool, study: str | None,
-           storage: str | None, tracking_uri: str | None, gpus: str | None, sampler: str, seed: int | None,
+           storage: str | None, tracking_uri: str | None, gpus: str | None, gpus_per_trial: int,
+           world_size: int | None, sampler: str, seed: int | None,
            policy: str, min_reward_ratio: float, reward_reference: str, prescreen: bool, advisor: bool,
            tracking: bool, timeline: bool, heartbeat_s: int, trial_command: str | None, plan_command: str | None,
            reward_command: str | None) -> None:
@@ -127,6 +132,13 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     study = study or default_study_name(model)
     writable_dir(study_dir(study), "--study")    # outputs go there: fail now, not after the last trial
     space = load_space(space_path).rebase({"model.actor": model})
+    if world_size is not None:
+        if gpus and world_size != gpus_per_trial:
+            raise ConfigError(f"--world-size {world_size} disagrees with --gpus-per-trial {gpus_per_trial}; "
+                              "with --gpus, give --gpus-per-trial only")
+        space = space.rebase({"world_size": world_size})
+    if gpus_per_trial > 1 and not gpus:
+        raise ConfigError("--gpus-per-trial needs --gpus; on the CPU use --world-size")
     devices = _gpus(gpus)
     if not devices and space.base.device == "cuda":
         devices = detect_gpus()
@@ -141,7 +153,8 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
                         timeout_s=trial_timeout_s, timeline=timeline)
     settings = SearchSettings(
         study=study, space=space, n_trials=n_trials, storage=storage, timeout_s=timeout_s,
-        budget_gb=budget.gb, gpus=devices, sampler=sampler, seed=seed, prescreen=prescreen, advisor=advisor,
+        budget_gb=budget.gb, gpus=devices, gpus_per_trial=gpus_per_trial, sampler=sampler, seed=seed,
+        prescreen=prescreen, advisor=advisor,
         launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
         policy=policy, min_reward_ratio=min_reward_ratio, reward_reference=reward_reference,
         reward_proxy=reward_proxy, plan_memory=plan_memory)

@@ -51,12 +51,13 @@ def trial(config_path: Path, out: Path, timeline: Path | None) -> None:
     if timeline is not None:
         writable_file(timeline, "--timeline")
     # Before torch is imported: the CUDA caching allocator reads its settings once, at start-up.
-    from autotune.rlhf.trial import apply_allocator_env, run_trial
+    from autotune.rlhf.trial import apply_allocator_env, rank, run_trial, write_trial_outputs
 
     apply_allocator_env(cfg)
+    timeline = timeline if rank() == 0 else None     # one figure per trial: rank 0's
     result = run_trial(cfg, timeline=timeline, on_iteration=_progress_line(cfg.workload.steps))
-    _save(result, out)
-    _finish(result)
+    # several ranks (under torchrun): each writes its rank file, rank 0 the combined result
+    _finish(_save(result, out))
 
 
 @click.command()
@@ -64,9 +65,12 @@ def trial(config_path: Path, out: Path, timeline: Path | None) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Trial config YAML; defaults otherwise.")
 @click.option("--algorithm", type=click.Choice(["ppo", "grpo"]), default=None, help="Overrides the config.")
+@click.option("--world-size", type=click.IntRange(min=1), default=None,
+              help="Ranks the trial spans (overrides the config); the plan predicts rank 0's memory.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the TrialResult JSON here.")
-def plan(model: str | None, config_path: Path | None, algorithm: str | None, out: Path | None) -> None:
+def plan(model: str | None, config_path: Path | None, algorithm: str | None, world_size: int | None,
+         out: Path | None) -> None:
     """Predict per-phase GPU memory of one RLHF iteration at full size, with fake tensors on the CPU."""
     from autotune.tuner.launcher import watch_controller
 
@@ -76,7 +80,8 @@ def plan(model: str | None, config_path: Path | None, algorithm: str | None, out
     if out is not None:
         writable_file(out, "--out")
     cfg = TrialConfig.load(config_path) if config_path is not None else TrialConfig()
-    overrides = {key: value for key, value in (("model.actor", model), ("algorithm", algorithm)) if value is not None}
+    overrides = {key: value for key, value in (("model.actor", model), ("algorithm", algorithm),
+                                               ("world_size", world_size)) if value is not None}
     cfg = cfg.replace(**overrides)
     from autotune.rlhf.trial import plan_trial
 
@@ -88,13 +93,16 @@ def plan(model: str | None, config_path: Path | None, algorithm: str | None, out
     _finish(result)
 
 
-def _save(result: TrialResult, out: Path) -> None:
-    """Write the result JSON; if that fails after all, print it, so a finished trial is never lost."""
+def _save(result: TrialResult, out: Path) -> TrialResult:
+    """Write the result JSON; if that fails after all, print it, so a finished trial is never lost.
+
+    On several ranks each writes its own rank file and rank 0 the combined result, which it returns.
+    """
     from autotune import schema
-    from autotune.rlhf.trial import write_result
+    from autotune.rlhf.trial import write_trial_outputs
 
     try:
-        write_result(result, out)
+        return write_trial_outputs(result, out)
     except OSError as exc:
         click.echo(schema.dump_json(result))
         raise ConfigError(f"--out: cannot write {out} ({exc.strerror or exc}); the result is printed above") from None
@@ -122,7 +130,8 @@ def _print_plan(cfg: TrialConfig, result: TrialResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{cfg.algorithm.upper()} plan: {cfg.model.actor} ({cfg.model.dtype}), "
+    ranks = f", rank 0 of {cfg.world_size}" if cfg.world_size > 1 else ""
+    table = Table(title=f"{cfg.algorithm.upper()} plan: {cfg.model.actor} ({cfg.model.dtype}){ranks}, "
                         f"predicted GPU memory of one iteration")
     for column in ("phase", "peak allocated", "peak reserved", "fragmentation"):
         table.add_column(column, justify="left" if column == "phase" else "right")

@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from autotune import __version__
 from autotune.config import ALLOC_CONF_VARS, TrialConfig
@@ -50,7 +50,11 @@ def apply_allocator_env(cfg: TrialConfig) -> None:
 
 
 def plan_trial(cfg: TrialConfig, *, timeline: Path | None = None) -> TrialResult:
-    """One RLHF iteration of `cfg` under FakeTensorMode: predicted GPU memory per phase, no reward."""
+    """One RLHF iteration of `cfg` under FakeTensorMode: predicted GPU memory per phase, no reward.
+
+    With `cfg.world_size` > 1 it predicts rank 0 (see `autotune.rlhf.zero`). DeepSpeed sets up
+    torch.distributed for the whole process, so plan one sharded config per process.
+    """
     return run_trial(cfg.replace(device="fake", **{"workload.steps": 1}), timeline=timeline)
 
 
@@ -81,6 +85,10 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
     evaluations: tuple[Evaluation, Evaluation] | None = None
     status, message, failed_phase = "ok", "", None
     try:
+        if cfg.device == "cuda" and cfg.world_size > 1:
+            from autotune.rlhf.workload import local_rank
+
+            torch.cuda.set_device(local_rank())   # the probe reads the current device's counters
         probe = make_probe(cfg.device, cfg.memory.allocator, capacity_bytes=capacity) if measure_memory \
             else _unmeasured_probe()
         workload = RLHFWorkload(cfg, probe)
@@ -116,10 +124,10 @@ def _result(cfg: TrialConfig, workload: RLHFWorkload | None, memory: MemoryRepor
     curve = tuple(getattr(workload, "reward_curve", ()))
     initial, final = evaluations or (None, None)
     times = list(getattr(workload, "step_times_s", ()))
-    if cfg.device == "fake" and cfg.memory.zero_stage > 0 and status == "ok":
-        from autotune.rlhf.zero import FAKE_ZERO_NOTE
+    if cfg.device == "fake" and status == "ok":
+        from autotune.rlhf.zero import plan_notes
 
-        message = FAKE_ZERO_NOTE
+        message = plan_notes(cfg)
     return TrialResult(
         config_hash=cfg.config_hash(),
         status=status,
@@ -133,8 +141,15 @@ def _result(cfg: TrialConfig, workload: RLHFWorkload | None, memory: MemoryRepor
         reward_se=None if final is None else final.se,
         step_time_s=step_time(times),
         wall_time_s=wall_time_s,
-        versions=versions(deepspeed=cfg.memory.needs_deepspeed and cfg.device != "fake"),
+        versions=versions(deepspeed=cfg.uses_deepspeed),
+        world_size=cfg.world_size,
+        rank=rank(),
     )
+
+
+def rank() -> int:
+    """This process's rank, as torchrun (or DeepSpeed's launcher) sets it; 0 outside one."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def step_time(times_s: list[float]) -> float | None:
@@ -207,8 +222,32 @@ def _fake_mode(enabled: bool) -> Iterator[None]:
         return
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences():
+    with FakeTensorMode(allow_non_fake_inputs=True), _unknown_scalars_read_zero(), _unpacked_sequences():
         yield
+
+
+def _unknown_scalars_read_zero() -> Any:
+    """A dispatch mode that reads a fake tensor's unknowable value (`.item()`, `bool(t)`) as zero.
+
+    A fake tensor has no data, yet DeepSpeed's step reads its gradient norm and overflow flag.
+    Zero means finite and no overflow, which is what an fp32 run sees. A value the fake mode does
+    know (a constant, such as an optimizer's step count) is still returned as it is.
+    """
+    import torch
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class UnknownScalarsReadZero(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            try:
+                return func(*args, **(kwargs or {}))
+            except DataDependentOutputException:
+                if func is not torch.ops.aten._local_scalar_dense.default:
+                    raise
+                dtype = args[0].dtype
+                return False if dtype == torch.bool else 0.0 if dtype.is_floating_point else 0
+
+    return UnknownScalarsReadZero()
 
 
 @contextlib.contextmanager
@@ -233,6 +272,28 @@ def _unpacked_sequences() -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def write_trial_outputs(result: TrialResult, out: str | Path, *, poll_s: float = 0.05) -> TrialResult:
+    """Write what this process owes: the result itself, or on several ranks its rank file, and on
+    rank 0 the combined result once every rank has written (returns the result written to `out`).
+
+    Rank 0 waits without a collective: a rank that died leaves torchrun to end the others, and the
+    launcher then combines whatever rank files exist.
+    """
+    from autotune.result import combine_ranks, rank_result_path, read_rank_results
+
+    if result.world_size <= 1 or result.backend == "fake":    # a plan is one process, whatever it predicts
+        write_result(result, out)
+        return result
+    write_result(result, rank_result_path(out, result.rank))
+    if result.rank != 0:
+        return result
+    while len(found := read_rank_results(out, result.world_size)) < result.world_size:
+        time.sleep(poll_s)
+    combined = combine_ranks(found, result.world_size)
+    write_result(combined, out)
+    return combined
 
 
 def write_result(result: TrialResult, path: str | Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -77,7 +78,8 @@ class RLHFWorkload:
         self.cfg = cfg
         self.probe = probe
         self.fake = cfg.device == "fake"
-        self.device = torch.device("cuda" if cfg.device == "cuda" else "cpu")
+        # under torchrun each rank drives the GPU of its LOCAL_RANK within the trial's group
+        self.device = torch.device("cuda", local_rank()) if cfg.device == "cuda" else torch.device("cpu")
         self.has_critic = cfg.algorithm == "ppo"
         self.reward_curve: list[float] = []
         self.step_times_s: list[float] = []
@@ -101,7 +103,8 @@ class RLHFWorkload:
         tokenizer = load_tokenizer(actor) if w.prompts_file or w.task in TEXT_TASKS else None
         self.task = get_task(w.task, vocab_size=model_config(actor).vocab_size, prompts_file=w.prompts_file,
                              tokenizer=tokenizer)
-        self.prompt_generator = torch.Generator().manual_seed(w.seed)
+        # data parallel: each rank draws its own prompts (rank 0 draws what a one-rank trial draws)
+        self.prompt_generator = torch.Generator().manual_seed(w.seed + 1000 * int(os.environ.get("RANK", "0")))
         self.sample_generator = torch.Generator(device=self.device).manual_seed(w.seed + 1)
 
     def _setup_models(self) -> None:
@@ -277,6 +280,11 @@ class RLHFWorkload:
             yield
         finally:
             self.probe.to_host(model)
+
+
+def local_rank() -> int:
+    """This process's index within its machine's ranks (torchrun's LOCAL_RANK); 0 outside torchrun."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def response_logprobs(model: torch.nn.Module, sequences: torch.Tensor, gen_len: int) -> torch.Tensor:

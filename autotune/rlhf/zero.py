@@ -1,27 +1,50 @@
 """How a trained model takes a step: plain PyTorch, or DeepSpeed ZeRO (with optimizer offload).
 
-Stage 0 without offload never imports DeepSpeed. Under the `fake` backend DeepSpeed cannot run, so
-ZeRO is modelled at world size 1: sharding over one rank saves nothing, and ZeRO-Offload is the
-optimizer state leaving the simulated device after each step.
+Stage 0 on one rank without offload never imports DeepSpeed. Several ranks (`world_size` > 1, each
+process started by torchrun) always go through DeepSpeed, which keeps them in step.
+
+The `fake` backend plans rank 0 through DeepSpeed's own code: the engine is built under
+FakeTensorMode on a fake process group of `world_size` ranks (`torch.distributed`'s "fake" backend,
+whose collectives complete at once and move no data). So the shards rank 0 holds, its flat fp32
+partitions, the reduce buckets of `reduce_bucket_size`, and ZeRO-3's all-gathered parameters (within
+`stage3_prefetch_bucket_size` and `stage3_max_live_parameters`) are the tensors DeepSpeed itself
+allocates, traced like any other; no formula stands in for them. What the plan still does not see
+is named by `plan_notes`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import torch
 
 from autotune.config import TrialConfig
+from autotune.errors import ConfigError
 
 if TYPE_CHECKING:
     from autotune.memory.probe import MemoryProbe
 
 log = logging.getLogger(__name__)
 
-FAKE_ZERO_NOTE = "ZeRO under the fake backend is modelled at world size 1: sharding saves no memory"
+# DeepSpeed checks that every rank agrees on these lists with an all-gather; a fake process group
+# gathers nothing, so under the plan each check would compare real values with zeros.
+_RANK_AGREEMENT_CHECKS = (
+    "deepspeed.runtime.zero.partition_parameters", "deepspeed.runtime.zero.partitioned_param_coordinator",
+    "deepspeed.runtime.zero.stage3",
+)
+
+
+def plan_notes(cfg: TrialConfig) -> str:
+    """What a `fake` plan of `cfg` measured through DeepSpeed, and what it cannot see; empty without it."""
+    if not cfg.uses_deepspeed:
+        return ""
+    return (f"rank 0 of {cfg.world_size} planned through DeepSpeed's own ZeRO-{cfg.memory.zero_stage} code on a "
+            "fake process group; not seen: the hybrid engine's inference copy (not configured), "
+            "NCCL/gloo internal buffers; other ranks differ only by partition padding")
 
 
 # DeepSpeed ZeRO optimizer attributes that hold host memory under optimizer offload (stages 1-3).
@@ -93,22 +116,19 @@ def make_updater(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
                  probe: MemoryProbe, micro_batch: int) -> Updater:
     """The updater `cfg.memory` asks for: plain, DeepSpeed ZeRO, or its fake-backend model."""
     mem = cfg.memory
-    if not mem.needs_deepspeed:
+    if not cfg.uses_deepspeed:
         return PlainUpdater(module=model, optimizer=optimizer, probe=probe)
-    if cfg.device == "fake":
-        if mem.zero_stage > 0:
-            log.warning(FAKE_ZERO_NOTE)
-        return PlainUpdater(module=model, optimizer=optimizer, probe=probe, offload_state=mem.offload_optimizer)
     ds_config = deepspeed_config(cfg, micro_batch=micro_batch, hidden_size=model.config.hidden_size)
-    engine = _deepspeed_engine(model, optimizer, ds_config, cfg.device)
-    updater = DeepSpeedUpdater(engine=engine, probe=probe, offload_state=mem.offload_optimizer and cfg.device == "cpu")
+    engine = _deepspeed_engine(model, optimizer, ds_config, cfg)
+    # on cpu and fake "host" and "device" are one memory, so the simulator is told what left
+    updater = DeepSpeedUpdater(engine=engine, probe=probe, offload_state=mem.offload_optimizer and cfg.device != "cuda")
     if updater.offload_state:
         updater.release_host_buffers()
     return updater
 
 
 def deepspeed_config(cfg: TrialConfig, *, micro_batch: int, hidden_size: int) -> dict:
-    """The DeepSpeed JSON config for `cfg.memory` (one process, one rank).
+    """The DeepSpeed JSON config for `cfg.memory` (per rank: DeepSpeed reads the world size from the process group).
 
     Bucket sizes follow the Hugging Face Trainer's "auto" values (hidden_size squared): DeepSpeed's
     own default preallocates a 5e8-element gradient bucket, 2 GB in fp32, whatever the model size.
@@ -141,20 +161,55 @@ def deepspeed_config(cfg: TrialConfig, *, micro_batch: int, hidden_size: int) ->
 
 
 def _deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict,
-                      device: str) -> Any:
-    _single_process_env(device)
-    import deepspeed  # only trials that ask for ZeRO or offload pay for this import
+                      cfg: TrialConfig) -> Any:
+    _rank_env(cfg.device)
+    launched = int(os.environ["WORLD_SIZE"])
+    if cfg.device != "fake" and launched != cfg.world_size:
+        raise ConfigError(f"world_size is {cfg.world_size} but this job has {launched} process(es): start one per rank "
+                          f"with `torchrun --nproc-per-node {cfg.world_size} -m autotune trial ...` (search does this)")
+    import deepspeed  # only trials that ask for ZeRO, offload or several ranks pay for this import
 
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl", verbose=False)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        if cfg.device == "fake":
+            _init_fake_process_group(cfg.world_size)
+        else:
+            deepspeed.init_distributed(dist_backend="gloo" if cfg.device == "cpu" else "nccl", verbose=False)
+    with _fake_deepspeed(model) if cfg.device == "fake" else contextlib.nullcontext():
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine
 
 
-def _single_process_env(device: str) -> None:
-    """The environment of a one-rank job, as a launcher would set it; existing values win."""
+def _init_fake_process_group(world_size: int) -> None:
+    """Rank 0 of `world_size` on torch.distributed's "fake" backend: no peers, no data moved."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+
+    torch.distributed.init_process_group(backend="fake", store=FakeStore(), rank=0, world_size=world_size)
+
+
+@contextlib.contextmanager
+def _fake_deepspeed(model: torch.nn.Module) -> Iterator[None]:
+    """What DeepSpeed needs to build an engine from fake tensors.
+
+    `module.to(device)` would swap every fake parameter for a copy, which PyTorch refuses while the
+    tracer holds weak references to them; under the plan they already sit on the (fake) CPU device.
+    Rank-agreement checks gather nothing on a fake process group, so they are skipped.
+    """
+    import importlib
+    from unittest import mock
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(model, "to", lambda *args, **kwargs: model))
+        for name in _RANK_AGREEMENT_CHECKS:
+            module = importlib.import_module(name)
+            if hasattr(module, "assert_ints_same_as_other_ranks"):
+                stack.enter_context(mock.patch.object(module, "assert_ints_same_as_other_ranks", lambda ints: None))
+        yield
+
+
+def _rank_env(device: str) -> None:
+    """The environment of a one-rank job, as a launcher would set it; torchrun's values win."""
     defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-    if device == "cpu":
+    if device != "cuda":
         defaults["DS_ACCELERATOR"] = "cpu"
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

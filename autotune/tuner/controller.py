@@ -58,6 +58,7 @@ class SearchSettings:
     timeout_s: float | None = None          # for the whole search; trials then in flight finish
     budget_gb: float | None = None          # None: the space's budget_gb
     gpus: tuple[str, ...] = ()              # empty: one trial at a time on the CPU
+    gpus_per_trial: int = 1                 # GPUs (ranks) of one trial; `gpus` splits into groups of this size
     sampler: str = "tpe"
     seed: int | None = None
     prescreen: bool = True                  # `autotune plan` before each GPU trial
@@ -92,6 +93,18 @@ class SearchOutcome:
     def overhead_share(self) -> float:
         """Controller time outside trial subprocesses, as a share of trial time."""
         return (self.trial_wall_s - self.subprocess_s) / self.subprocess_s if self.subprocess_s else 0.0
+
+
+def gpu_groups(gpus: tuple[str, ...], per_trial: int) -> tuple[str, ...]:
+    """`gpus` cut into consecutive groups of `per_trial`, each as CUDA_VISIBLE_DEVICES text ("0,1").
+
+    Raises:
+        ConfigError: the GPUs do not split evenly, so one would sit idle.
+    """
+    if len(gpus) % per_trial:
+        raise ConfigError(f"--gpus lists {len(gpus)} GPUs, which do not split into groups of --gpus-per-trial "
+                          f"{per_trial}; list a multiple of {per_trial}")
+    return tuple(",".join(gpus[i:i + per_trial]) for i in range(0, len(gpus), per_trial))
 
 
 def baseline_config(space: SearchSpace) -> TrialConfig:
@@ -181,6 +194,9 @@ class Controller:
         self.budget = choose_budget(given, settings.gpus)   # never missing: the GPU's size or a stated default
         self.budget_gb: float = self.budget.gb
         self.space = with_budget(settings.space, self.budget_gb)
+        self.gpu_groups = gpu_groups(settings.gpus, settings.gpus_per_trial)
+        if settings.gpus_per_trial > 1:      # each trial's ranks are the GPUs of its group
+            self.space = self.space.rebase({"world_size": settings.gpus_per_trial})
         self.storage_url = settings.storage or studies.default_storage(settings.study)
         sampler = studies.make_sampler(settings.sampler, settings.seed)   # a bad seed fails before any file exists
         with deferred_signals():   # Optuna creates its tables in steps: a Ctrl-C waits until they all exist
@@ -255,11 +271,11 @@ class Controller:
         raise self._errors[0]
 
     def _workers(self) -> list[threading.Thread]:
-        """One per GPU; on the CPU one, or `cpu_workers` for planned trials (single-threaded plans and
+        """One per GPU group (`gpus_per_trial` GPUs each); on the CPU one, or `cpu_workers` for planned trials (single-threaded plans and
         reward runs, so one per core keeps the host busy)."""
         cpu_slots = (None,) * (self.settings.cpu_workers if self.measurer.mode == "planned" else 1)
         return [threading.Thread(target=self._worker, args=(gpu,), name=f"trial-worker-{gpu or 'cpu'}-{i}", daemon=True)
-                for i, gpu in enumerate(self.settings.gpus or cpu_slots)]
+                for i, gpu in enumerate(self.gpu_groups or cpu_slots)]
 
     def _on_signal(self, signum: int) -> None:
         """The first SIGINT or SIGTERM ends the running trials gently; a second kills them now."""

@@ -13,6 +13,7 @@ and `autotune plan` call first, ends the trial's group once its controller is go
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import ConfigError, StorageError
-from autotune.result import TrialResult
+from autotune.result import TrialResult, combine_ranks, rank_result_path, read_rank_results
 
 if TYPE_CHECKING:
     from autotune.rlhf.reward_run import RewardOutcome
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 _GiB = float(1 << 30)
 
 TRIAL_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "trial")
+# torchrun starts the ranks of a several-rank trial: one machine, a free rendezvous port, and no
+# restarts (a rank that dies ends the trial; the study goes on). `--no-python` runs the trial command as is.
+TORCHRUN: tuple[str, ...] = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--max-restarts", "0",
+                             "--no-python")
 PLAN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "plan")
 REWARD_COMMAND: tuple[str, ...] = (sys.executable, "-m", "autotune", "reward")
 _KILL_GRACE_S = 5.0
@@ -67,7 +72,7 @@ class Launched:
 
 
 def trial_env(config: TrialConfig, gpu: str | None) -> dict[str, str]:
-    """The child's environment: one GPU (or none) and this trial's allocator settings."""
+    """The child's environment: its GPUs ("0" or a group "0,1"; None for none) and allocator settings."""
     env = dict(os.environ)
     env[CONTROLLER_PID_ENV] = str(os.getpid())
     env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else ""
@@ -82,7 +87,16 @@ def trial_env(config: TrialConfig, gpu: str | None) -> dict[str, str]:
         # CPU trials run tiny models whose ops are too small to split across threads: with torch's
         # default of one thread per core, a llama-tiny trial ran 4x slower (29.6 s vs 7.5 s) on 2 cores.
         env.setdefault("OMP_NUM_THREADS", "1")
+        if config.world_size > 1:
+            env["DS_ACCELERATOR"] = "cpu"     # DeepSpeed on gloo; it would look for a GPU otherwise
     return env
+
+
+def trial_argv(config: TrialConfig, launcher: Launcher) -> list[str]:
+    """The trial command, under torchrun with one process per rank when the trial spans several."""
+    if config.world_size <= 1:
+        return list(launcher.trial_command)
+    return [*TORCHRUN, "--nproc-per-node", str(config.world_size), *launcher.trial_command]
 
 
 def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: str | None = None,
@@ -93,7 +107,7 @@ def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: 
         config: the trial's configuration.
         trial_dir: `runs/<study>/trials/<number>/`; created if missing.
         launcher: the command and time limit.
-        gpu: the one GPU index to expose, or None for a CPU trial.
+        gpu: the GPU indices to expose ("0", or "0,1" for a two-rank trial), or None for a CPU trial.
         cancel: when set, the trial is ended and reported as cancelled.
 
     Returns:
@@ -101,8 +115,9 @@ def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: 
     """
     config_path, out_path = trial_dir / "trial.yaml", trial_dir / "result.json"
     _write_config(config, config_path)
-    out_path.unlink(missing_ok=True)  # a stale file from a killed run must not pass as this run's
-    argv = [*launcher.trial_command, "--config", str(config_path), "--out", str(out_path)]
+    for stale in (out_path, *(rank_result_path(out_path, r) for r in range(config.world_size))):
+        stale.unlink(missing_ok=True)  # a stale file from a killed run must not pass as this run's
+    argv = [*trial_argv(config, launcher), "--config", str(config_path), "--out", str(out_path)]
     if launcher.timeline:
         argv += ["--timeline", str(trial_dir / "timeline.png")]
     start, available_gb = time.perf_counter(), host_available_gb()
@@ -322,6 +337,11 @@ def watch_controller() -> None:
 
 def _read_result(config: TrialConfig, path: Path, code: int, log_path: Path, elapsed: float, *,
                  available_gb: float | None = None) -> TrialResult:
+    if config.world_size > 1 and not path.is_file():
+        # rank 0 never combined: some rank died and torchrun ended the rest; what the ranks wrote says why
+        ranks = read_rank_results(path, config.world_size)
+        if ranks:
+            return dataclasses.replace(combine_ranks(ranks, config.world_size), wall_time_s=elapsed)
     if path.is_file():
         try:
             return TrialResult.load(path)
@@ -351,4 +371,4 @@ def _no_result(code: int, log_path: Path, available_gb: float | None) -> str:
 
 def _failed(config: TrialConfig, status: str, message: str, elapsed: float) -> TrialResult:
     return TrialResult(config_hash=config.config_hash(), status=status, backend=config.device,  # type: ignore[arg-type]
-                       message=message, wall_time_s=elapsed)
+                       message=message, wall_time_s=elapsed, world_size=config.world_size)
