@@ -6,9 +6,11 @@ the CPU, GPU memory predicted by the caching-allocator simulator), for the paper
 intervention it reports peak reserved and allocated memory, fragmentation, and the phase that sets
 the peak; then it combines the interventions that helped (the best of each kind) and plans that too.
 
-ZeRO stages 1 to 3 are simulated at world size 1, where sharding saves nothing: they measure only
-what ZeRO's bookkeeping changes on one rank, not the savings of a multi-GPU run. The plan has no
-compute, so it cannot measure the time cost of an intervention (the paper's ~2% for empty_cache).
+By default ZeRO stages 1 to 3 are planned at world size 1, where sharding saves nothing.
+`--paper-setting` plans the paper's own setting instead: the OPT pairing at world size 4 (rank 0 of
+4, through DeepSpeed's own ZeRO code on a fake process group), DeepSpeed-Chat's lengths, ZeRO-2 as
+the baseline, on 24 GiB devices (RTX 3090). The plan has no compute, so it cannot measure the time
+cost of an intervention (the paper's ~2% for empty_cache).
 
 Run `python -m benchmarks.rlhf_fragmentation` (reduced: short prompts and responses) or `--full`
 (DeepSpeed-Chat's lengths: 256 prompt + 256 generated tokens, 16 sequences).
@@ -89,16 +91,34 @@ class WorkloadShape:
     prompt_len: int
     gen_len: int
     dtype: str = "float16"      # DeepSpeed-Chat trains in fp16
+    world_size: int = 1         # ranks; the plan is rank 0's
+    zero_stage: int = 0         # the baseline's ZeRO stage (an intervention may change it)
 
     def overrides(self) -> dict[str, Any]:
         return {"workload.batch_size": self.batch_size, "workload.micro_batch": self.batch_size,
                 "workload.prompt_len": self.prompt_len, "workload.gen_len": self.gen_len,
-                "model.dtype": self.dtype}
+                "model.dtype": self.dtype, "world_size": self.world_size, "memory.zero_stage": self.zero_stage}
 
 
 FULL = WorkloadShape(batch_size=16, prompt_len=256, gen_len=256)
 # Under fake tensors each generated token is one traced forward: short responses keep `make bench` quick.
 REDUCED = WorkloadShape(batch_size=8, prompt_len=64, gen_len=8)
+# The paper's setting: four 24 GB RTX 3090s, DeepSpeed-Chat's OPT pairing at its lengths (16 sequences
+# of 256 + 256 tokens per GPU), ZeRO-2 for actor and critic as its single-node step-3 OPT scripts run.
+PAPER = WorkloadShape(batch_size=16, prompt_len=256, gen_len=256, world_size=4, zero_stage=2)
+PAPER_DEVICE_GB = 24.0
+PAPER_INTERVENTIONS: tuple[Intervention, ...] = (
+    Intervention(name="none", kind="none", note="ZeRO-2"),
+    Intervention(name="empty_cache after generation", kind="empty_cache",
+                 overrides=(("memory.empty_cache_after", ("generation",)),)),
+    *(Intervention(name=f"ZeRO stage {k}", kind="zero", overrides=(("memory.zero_stage", k),)) for k in (0, 1, 3)),
+    Intervention(name="ZeRO-2 + optimizer offload", kind="offload", overrides=(("memory.offload_optimizer", True),)),
+    Intervention(name="ZeRO-3 + optimizer offload", kind="offload",
+                 overrides=(("memory.zero_stage", 3), ("memory.offload_optimizer", True))),
+    Intervention(name="gradient checkpointing", kind="checkpointing",
+                 overrides=(("memory.actor_gradient_checkpointing", True),
+                            ("memory.critic_gradient_checkpointing", True))),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +281,8 @@ COLUMNS = (
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rlhf_fragmentation", description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="DeepSpeed-Chat's lengths (256 + 256 tokens, 16 sequences)")
+    parser.add_argument("--paper-setting", action="store_true",
+                        help="the paper's setting: OPT pairing, rank 0 of 4, ZeRO-2 baseline, 256 + 256 tokens, 24 GiB devices")
     parser.add_argument("--pairing", action="append", choices=[p.name for p in PAIRINGS],
                         help="only these model pairings (repeatable); default: all")
     parser.add_argument("--intervention", action="append", choices=[i.name for i in INTERVENTIONS],
@@ -287,6 +309,8 @@ def main(argv: Sequence[str] | None = None, *, dirs: OutputDirs | None = None,
     """
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.paper_setting:
+        return paper_setting(args, dirs=dirs, shape=shape)
     shape = shape or (FULL if args.full else REDUCED)
     if args.gen_len:
         shape = dataclasses.replace(shape, gen_len=args.gen_len)
@@ -304,6 +328,23 @@ def main(argv: Sequence[str] | None = None, *, dirs: OutputDirs | None = None,
     write_results(name, rows, dirs, extra={"shape": dataclasses.asdict(shape), "phases": list(PHASES),
                                            "empty_cache_effect": effect})
     plot(rows, dirs.img / f"{name}.png")
+    return rows
+
+
+def paper_setting(args: argparse.Namespace, *, dirs: OutputDirs | None = None,
+                  shape: WorkloadShape | None = None) -> list[PlanRow]:
+    """The paper's own setting, planned for rank 0 of 4; rows over 24 GiB are marked."""
+    shape = shape or PAPER
+    if args.gen_len:
+        shape = dataclasses.replace(shape, gen_len=args.gen_len)
+    dirs = (dirs or OutputDirs()).ensure()
+    pairing = dataclasses.replace(PAIRINGS[0], name=f"{PAIRINGS[0].name}, rank 0 of {shape.world_size}")
+    rows = with_ratios([plan_one(pairing, shape, i) for i in PAPER_INTERVENTIONS])
+    rows = [dataclasses.replace(r, note="; ".join(filter(None, [r.note, "over 24 GiB"])))
+            if r.peak_reserved_bytes and r.peak_reserved_bytes > PAPER_DEVICE_GB * 2**30 else r for r in rows]
+    print_table(f"The paper's setting, planned for rank 0: {shape}", rows, COLUMNS)
+    write_results(output_name(NAME, full=False, tag=args.tag or "paper"), rows, dirs,
+                  extra={"shape": dataclasses.asdict(shape), "phases": list(PHASES), "device_gb": PAPER_DEVICE_GB})
     return rows
 
 

@@ -192,13 +192,18 @@ def _fake_deepspeed(model: torch.nn.Module) -> Iterator[None]:
 
     `module.to(device)` would swap every fake parameter for a copy, which PyTorch refuses while the
     tracer holds weak references to them; under the plan they already sit on the (fake) CPU device.
-    Rank-agreement checks gather nothing on a fake process group, so they are skipped.
+    Rank-agreement checks gather nothing on a fake process group, so they are skipped. DeepSpeed's
+    CPU accelerator refuses fp16; the plan predicts a GPU, which has it.
     """
     import importlib
     from unittest import mock
 
+    from deepspeed.accelerator import get_accelerator
+
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(model, "to", lambda *args, **kwargs: model))
+        for check in ("is_fp16_supported", "is_bf16_supported"):
+            stack.enter_context(mock.patch.object(get_accelerator(), check, lambda: True))
         for name in _RANK_AGREEMENT_CHECKS:
             module = importlib.import_module(name)
             if hasattr(module, "assert_ints_same_as_other_ranks"):
