@@ -164,7 +164,9 @@ def plan_one(pairing: Pairing, shape: WorkloadShape, intervention: Intervention,
     elapsed = time.perf_counter() - start
     report = result.memory
     note = "; ".join(filter(None, [intervention.note, "" if result.ok else result.message]))
-    logger.info("%s / %s: %s in %.1f s", pairing.name, intervention.name, result.status, elapsed)
+    logger.info("%s / %s: %s in %.1f s; %s", pairing.name, intervention.name, result.status, elapsed,
+                "" if report is None else " ".join(f"{p.name}={p.peak_reserved_bytes}/{p.peak_allocated_bytes}"
+                                                   for p in report.phases))
     if report is None:
         return PlanRow(pairing=pairing.name, intervention=intervention.name, status=result.status,
                        peak_reserved_bytes=None, peak_allocated_bytes=None, fragmentation=None,

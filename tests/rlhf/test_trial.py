@@ -128,12 +128,6 @@ def test_unknown_model_is_an_error_result(tmp_path):
     assert "does not exist" in result.message
 
 
-def test_fake_zero_is_modelled_and_said_so():
-    result = plan_trial(small(**{"memory.zero_stage": 2, "memory.offload_optimizer": True}))
-    assert result.status == "ok"
-    assert "world size 1" in result.message
-
-
 def test_result_is_written_atomically(tmp_path):
     result = plan_trial(small())
     out = tmp_path / "sub" / "result.json"

@@ -162,6 +162,26 @@ def test_sharding_lowers_the_rank0_plan():
 
 
 @pytest.mark.slow
+def test_plan_runs_deepspeed_offload_and_says_what_it_cannot_see():
+    """ZeRO-2 with optimizer offload, planned: DeepSpeed's host-side state leaves the simulated device."""
+    script = textwrap.dedent("""
+        from autotune.config import TrialConfig
+        from autotune.rlhf.trial import plan_trial
+        base = TrialConfig().replace(**{**%r, "memory.zero_stage": 2})
+        for cfg in (base, base.replace(**{"memory.offload_optimizer": True})):
+            r = plan_trial(cfg)
+            print(r.status, r.memory.phase("generation").peak_allocated_bytes, "|", r.message)
+    """ % TINY)
+    done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (plain, offload) = [line.split(" | ") for line in done.stdout.strip().splitlines()[-2:]]
+    assert plain[0].startswith("ok ") and offload[0].startswith("ok ")
+    assert int(offload[0].split()[1]) < int(plain[0].split()[1])
+    assert "rank 0 of 2 planned through DeepSpeed's own ZeRO-2 code" in plain[1] and "hybrid engine" in plain[1]
+
+
+@pytest.mark.slow
 def test_search_runs_a_two_rank_cpu_trial_through_torchrun(tmp_path: Path):
     """`search --world-size 2`: one trial, two gloo ranks started by torchrun, recorded with each rank's memory."""
     done = subprocess.run([sys.executable, "-m", "autotune", "search", "--model", "llama-tiny", "--space", str(CI_TINY),
