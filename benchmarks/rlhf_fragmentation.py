@@ -287,7 +287,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the paper's setting: OPT pairing, rank 0 of 4, ZeRO-2 baseline, 256 + 256 tokens, 24 GiB devices")
     parser.add_argument("--pairing", action="append", choices=[p.name for p in PAIRINGS],
                         help="only these model pairings (repeatable); default: all")
-    parser.add_argument("--intervention", action="append", choices=[i.name for i in INTERVENTIONS],
+    parser.add_argument("--intervention", action="append",
+                        choices=list(dict.fromkeys(i.name for i in (*INTERVENTIONS, *PAPER_INTERVENTIONS))),
                         help="only these interventions (repeatable; 'none' is always planned); default: all")
     parser.add_argument("--gen-len", type=int, help="override the generated tokens per sequence")
     parser.add_argument("--cpu-steps", type=int, default=None,
@@ -341,7 +342,8 @@ def paper_setting(args: argparse.Namespace, *, dirs: OutputDirs | None = None,
         shape = dataclasses.replace(shape, gen_len=args.gen_len)
     dirs = (dirs or OutputDirs()).ensure()
     pairing = dataclasses.replace(PAIRINGS[0], name=f"{PAIRINGS[0].name}, rank 0 of {shape.world_size}")
-    rows = with_ratios([plan_one(pairing, shape, i) for i in PAPER_INTERVENTIONS])
+    wanted = set(args.intervention or [i.name for i in PAPER_INTERVENTIONS])   # ratios need "none" among them
+    rows = with_ratios([plan_one(pairing, shape, i) for i in PAPER_INTERVENTIONS if i.name in wanted])
     rows = [dataclasses.replace(r, note="; ".join(filter(None, [r.note, "over 24 GiB"])))
             if r.peak_reserved_bytes and r.peak_reserved_bytes > PAPER_DEVICE_GB * 2**30 else r for r in rows]
     print_table(f"The paper's setting, planned for rank 0: {shape}", rows, COLUMNS)

@@ -13,12 +13,11 @@ is named by `plan_notes`.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -174,8 +173,9 @@ def _deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
             _init_fake_process_group(cfg.world_size)
         else:
             deepspeed.init_distributed(dist_backend="gloo" if cfg.device == "cpu" else "nccl", verbose=False)
-    with _fake_deepspeed(model) if cfg.device == "fake" else contextlib.nullcontext():
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if cfg.device == "fake":
+        _prepare_fake_deepspeed(model)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine
 
 
@@ -186,29 +186,27 @@ def _init_fake_process_group(world_size: int) -> None:
     torch.distributed.init_process_group(backend="fake", store=FakeStore(), rank=0, world_size=world_size)
 
 
-@contextlib.contextmanager
-def _fake_deepspeed(model: torch.nn.Module) -> Iterator[None]:
-    """What DeepSpeed needs to build an engine from fake tensors.
+def _prepare_fake_deepspeed(model: torch.nn.Module) -> None:
+    """What DeepSpeed needs to run from fake tensors, for the rest of this (planning) process.
 
     `module.to(device)` would swap every fake parameter for a copy, which PyTorch refuses while the
     tracer holds weak references to them; under the plan they already sit on the (fake) CPU device.
-    Rank-agreement checks gather nothing on a fake process group, so they are skipped. DeepSpeed's
-    CPU accelerator refuses fp16; the plan predicts a GPU, which has it.
+    Rank-agreement checks (at set-up, and in ZeRO-3's parameter coordinator during the run) gather
+    nothing on a fake process group, so they are skipped. DeepSpeed's CPU accelerator refuses fp16;
+    the plan predicts a GPU, which has it.
     """
     import importlib
-    from unittest import mock
 
     from deepspeed.accelerator import get_accelerator
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(model, "to", lambda *args, **kwargs: model))
-        for check in ("is_fp16_supported", "is_bf16_supported"):
-            stack.enter_context(mock.patch.object(get_accelerator(), check, lambda: True))
-        for name in _RANK_AGREEMENT_CHECKS:
-            module = importlib.import_module(name)
-            if hasattr(module, "assert_ints_same_as_other_ranks"):
-                stack.enter_context(mock.patch.object(module, "assert_ints_same_as_other_ranks", lambda ints: None))
-        yield
+    object.__setattr__(model, "to", lambda *args, **kwargs: model)
+    accelerator = get_accelerator()
+    for check in ("is_fp16_supported", "is_bf16_supported"):
+        setattr(accelerator, check, lambda: True)
+    for name in _RANK_AGREEMENT_CHECKS:
+        module = importlib.import_module(name)
+        if hasattr(module, "assert_ints_same_as_other_ranks"):
+            module.assert_ints_same_as_other_ranks = lambda ints: None
 
 
 def _rank_env(device: str) -> None:
