@@ -131,36 +131,50 @@ def test_cpu_check_runs_real_iterations() -> None:
 
 
 # -- search quality ------------------------------------------------------------------------------
-def _point(reward: float, peak: float, feasible: bool = True) -> sq.Point:
-    return sq.Point(label=f"{reward}@{peak}", status="ok", reward=reward, peak_reserved_gb=peak,
-                    fragmentation=0.0, feasible=feasible)
+def _point(reward: float, peak: float, feasible: bool = True, se: float = 0.0) -> sq.Point:
+    return sq.Point(label=f"{reward}@{peak}", reward=reward, reward_se=se, peak_reserved_gb=peak, feasible=feasible)
 
 
 def test_hypervolume_is_the_dominated_area() -> None:
-    # reference (reward 0, peak 2): one point (0.5, 1) dominates a 0.5 x 1 box; adding (0.25, 0.5)
-    # adds the strip 0.25 x 0.5; an infeasible point adds nothing.
-    assert sq.hypervolume([_point(0.5, 1.0)], 2.0) == pytest.approx(0.5)
+    # reference (reward floor 0, budget 2): one point (0.5, 1) dominates a 0.5 x 1 box; adding
+    # (0.25, 0.5) adds the strip 0.25 x 0.5; an infeasible point adds nothing.
+    assert sq.hypervolume([_point(0.5, 1.0)], 2.0, 0.0) == pytest.approx(0.5)
     points = [_point(0.5, 1.0), _point(0.25, 0.5), _point(0.9, 0.1, feasible=False)]
-    assert sq.hypervolume(points, 2.0) == pytest.approx(0.5 + 0.125)
+    assert sq.hypervolume(points, 2.0, 0.0) == pytest.approx(0.5 + 0.125)
+    # a point at or below the reward floor, or over the budget, dominates nothing
+    assert sq.hypervolume([_point(0.2, 1.0), _point(0.9, 2.5)], 2.0, 0.2) == 0.0
 
 
-def test_min_memory_pick_and_goal() -> None:
+def test_grid_pick_takes_the_lowest_peak_at_98_percent_of_the_baseline_reward() -> None:
     baseline = _point(0.50, 1.0)
     points = [baseline, _point(0.495, 0.55), _point(0.40, 0.2), _point(0.51, 0.7)]
-    # best reward 0.51; floor 0.51 * 0.98 = 0.4998: 0.495 is out, so 0.51 @ 0.7 is the pick
-    assert sq.pick(points) == points[3]
-    assert not sq.goal_met(points[3], baseline)            # only 30% lower
-    assert sq.goal_met(_point(0.49, 0.6), baseline)        # 40% lower at exactly 98%
-    assert not sq.goal_met(_point(0.48, 0.5), baseline)    # reward below 98%
+    # floor 0.98 * 0.50 = 0.49: 0.495 @ 0.55 is the lowest peak above it; 0.40 @ 0.2 is below it
+    assert sq.grid_pick(points, baseline) == points[1]
+    # within two standard errors of the floor counts as a tie
+    tied = _point(0.485, 0.3, se=0.004)
+    assert sq.grid_pick([*points, tied], baseline) == tied
+    assert not sq.goal_met(points[1], baseline)            # only 45% lower
+    assert sq.goal_met(_point(0.49, 0.5), baseline)        # 50% lower at exactly 98%
+    assert not sq.goal_met(_point(0.48, 0.4), baseline)    # reward below 98%
     assert [p.peak_reserved_gb for p in sq.front(points)] == [0.2, 0.55, 0.7]
 
 
-def test_grid_starts_with_the_baseline() -> None:
-    configs = sq.grid_configs(sq.TrialConfig(), ("optimizer", "checkpointing"))
-    assert len(configs) == 3 * 2
-    first, changes = configs[0]
-    assert changes == 0 and first.optimizer.name == "adamw" and not first.memory.actor_gradient_checkpointing
-    assert sorted(c for _, c in configs) == [0, 1, 1, 1, 2, 2]
+def test_grid_starts_with_the_baseline_and_covers_every_combination(tmp_path: Path) -> None:
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("base: {device: cpu}\n"
+                          "dimensions:\n  optimizer.name: [adamw, frugal]\n"
+                          "  memory.actor_gradient_checkpointing: [false, true]\n"
+                          "  memory.offload_reference: [false, true]\n"
+                          "objectives:\n  - {metric: reward, direction: maximize}\n"
+                          "  - {metric: peak_reserved_gb, direction: minimize}\n")
+    from autotune.tuner.space import load_space
+
+    configs = sq.grid_configs(load_space(space_file))
+    assert len(configs) == 2 * 2 * 2
+    first = configs[0]
+    assert first.optimizer.name == "adamw" and not first.memory.actor_gradient_checkpointing
+    assert not first.memory.offload_reference
+    assert len({c.config_hash() for c in configs}) == len(configs)
 
 
 @pytest.mark.slow
