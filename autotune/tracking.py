@@ -278,6 +278,9 @@ class StudyTracker:
         if self._client is None:
             from mlflow import MlflowClient
 
+            # MLflow gives its own logger an INFO handler (table creation, migrations); autotune's -v
+            # decides what the user sees, as it does for Optuna.
+            logging.getLogger("mlflow").setLevel(max(logging.getLogger().getEffectiveLevel(), logging.WARNING))
             if self.tracking_uri.startswith("sqlite:///"):
                 path = Path(self.tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
                 _check_mlflow_file(path, self.tracking_uri)
