@@ -75,6 +75,12 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
     apply_allocator_env(cfg)
     import torch
 
+    if cfg.device != "cuda" and "OMP_NUM_THREADS" not in os.environ:
+        # A CPU reduction's summation order follows the thread count, so a reward is the same bits
+        # only at the same count. The launcher runs trials and reward runs with one thread; a trial
+        # started by hand (`autotune trial`) takes the same, unless the user set OMP_NUM_THREADS.
+        torch.set_num_threads(1)
+
     from autotune.memory.allocator import SimulatedOutOfMemoryError
     from autotune.memory.probe import make_probe
     from autotune.rlhf.workload import RLHFWorkload
