@@ -147,12 +147,12 @@ def plan(config: TrialConfig, trial_dir: Path, *, launcher: Launcher) -> TrialRe
     argv = [*launcher.plan_command, "--config", str(config_path), "--out", str(out_path)]
     code = _run(argv, trial_dir / "plan.log", trial_env(config, None), launcher.timeout_s)
     if code is None or code == _CANCELLED:
-        log.warning("trial %s: plan did not finish", trial_dir.name)
+        log.warning("plan in %s did not finish", trial_dir)
         return None
     try:
         return TrialResult.load(out_path)
     except ConfigError as exc:
-        log.warning("trial %s: plan failed (exit %s): %s", trial_dir.name, code, exc)
+        log.warning("plan in %s failed (exit %s): %s", trial_dir, code, exc)
         return None
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -53,6 +55,9 @@ class Measurer:
         self._key_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_lock = threading.Lock()
         self._plans: dict[str, TrialResult] = {}
+        # Workers of one study share its runs folder; a folder that two of them write at once loses
+        # one's output (one worker unlinks the file the other just wrote), so each writes its own.
+        self.worker = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- once per invocation ----------------------------------------------------------------------
     def prepare(self, baseline: TrialConfig) -> None:
@@ -65,15 +70,18 @@ class Measurer:
             self._note(f"memory: short real runs on GPU {','.join(self.gpus)} ({fidelity.MEMORY_ITERATIONS} "
                        f"iterations); reward: {self.proxy or baseline.model.actor} reward runs, one per reward key")
             return
-        planned = self._plan(baseline, self.out_dir / "baseline-plan")
-        if planned is not None and planned.memory is not None:
-            self.study.set_user_attr(STUDY_ATTR_BASELINE_PLAN, planned.to_dict())
-        self.host_need_gb = None if planned is None else fidelity.host_need_gb(planned)
+        plan_dir = self.out_dir / "baseline-plan" / self.worker
+        planned = self._plan(baseline, plan_dir)
+        model = baseline.model.actor
+        if planned is None or planned.memory is None:
+            self._no_baseline_plan(model, plan_dir)
+            return
+        self.study.set_user_attr(STUDY_ATTR_BASELINE_PLAN, planned.to_dict())
+        self.host_need_gb = fidelity.host_need_gb(planned)
         available = host_available_gb()
         fits = fidelity.choose_memory_mode(gpus=(), need_gb=self.host_need_gb, available_gb=available) == "cpu"
         self.mode = "cpu" if fits and not self.force_planned else "planned"
-        model = baseline.model.actor
-        need = "an unknown amount" if self.host_need_gb is None else f"{self.host_need_gb:.1f} GiB"
+        need = f"{self.host_need_gb:.1f} GiB"
         if self.mode == "cpu":
             self._note(f"memory: real CPU runs of {model} (the baseline needs {need} of host memory, "
                        f"{available:.1f} GiB available); reward: from each run")
@@ -90,6 +98,18 @@ class Measurer:
         reward = f"{self.proxy} proxy" if self.proxy else model
         self._note(f"memory: {fidelity.memory_label(model, 'planned')}, {why} ({need} of host memory needed, "
                    f"{available:.1f} GiB available); reward: {reward} reward runs, one per reward key")
+
+    def _no_baseline_plan(self, model: str, plan_dir: Path) -> None:
+        """The baseline could not be planned: a small model still runs for real; a big one is an error."""
+        from autotune.rlhf.reward_run import CPU_FULL_SIZE_MAX_PARAMS, default_proxy
+
+        where = f"see {plan_dir / 'plan.log'}"
+        if self.force_planned or default_proxy(model, cuda=False) is not None:
+            raise ConfigError(f"the full-size plan of the baseline failed ({where}), so autotune cannot size "
+                              f"{model}'s trials on this host")
+        self.mode = "cpu"
+        self._note(f"memory: real CPU runs of {model} (its baseline could not be planned, {where}; at most "
+                   f"{CPU_FULL_SIZE_MAX_PARAMS / 1e6:.0f}M parameters, so it runs as is); reward: from each run")
 
     # -- once per trial -----------------------------------------------------------------------------
     def measure(self, config: TrialConfig, trial_dir: Path, gpu: str | None) -> Measured:
@@ -174,8 +194,9 @@ class Measurer:
             if cached is not None:
                 self.reward_hits += 1
                 return cached
-            outcome = run_reward(run_config, self.out_dir / "rewards" / key, launcher=self.launcher,
-                                 proxy_for=config.model.actor, gpu=gpu, cancel=self.cancel)
+            run_dir = self.out_dir / "rewards" / key / self.worker
+            outcome = run_reward(run_config, run_dir, launcher=self.launcher, proxy_for=config.model.actor, gpu=gpu,
+                                 cancel=self.cancel)
             if outcome is None:
                 return None
             self.reward_runs += 1

@@ -5,7 +5,8 @@ not offloaded, actor training holds weights, grads, optimizer state (8 MiB for A
 for FRUGAL) and activations (6 MiB, 2 with checkpointing). Reward rises with the state-full share.
 A config over `device_memory_gb` ends as an OOM (exit 3), like the real trial.
 
-FAKE_TRIAL_SCRIPT="1:raise,2:sleep,3:oom" makes trial folder 1 raise, 2 hang and 3 report an OOM.
+FAKE_TRIAL_SCRIPT="1:raise,2:sleep,3:oom" makes trial folder 1 raise, 2 hang and 3 report an OOM;
+"baseline-plan:raise" crashes the baseline's plan (its folder is baseline-plan/<worker>).
 FAKE_TRIAL_SLEEP_S adds a delay to every trial (to kill a controller mid-trial).
 """
 from __future__ import annotations
@@ -57,10 +58,11 @@ def main() -> int:
     args = parser.parse_args()
     watch_controller()   # like `autotune trial`: end with the controller that started it
     cfg = TrialConfig.load(args.config)
-    number = Path(args.config).parent.name
+    folder = Path(args.config).parent
     script = dict(item.split(":") for item in filter(None, os.environ.get("FAKE_TRIAL_SCRIPT", "").split(",")))
     time.sleep(float(os.environ.get("FAKE_TRIAL_SLEEP_S", "0")))
-    action = script.get(number)
+    number = folder.name
+    action = script.get(number, script.get(folder.parent.name))
     if action == "raise":
         raise RuntimeError(f"fake trial {number} crashed on purpose")
     if action == "sleep":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from autotune.errors import ConfigError
 from autotune.tuner import fidelity, measure
 from autotune.tuner.controller import CORNER_REASON, SearchSettings, corner_config, run_search
 from autotune.tuner.study import load_records
@@ -87,6 +88,28 @@ def test_a_host_that_holds_the_model_runs_it_and_labels_both_sources(tmp_path: P
     assert all((tmp_path / "runs" / "real" / "trials" / str(r.number) / "trial.log").is_file() for r in records)
     assert {r.result.memory_source for r in records} == {"llama-tiny, measured on the CPU (traced, simulator), 4 iterations"}
     assert {r.result.reward_source for r in records} == {"llama-tiny, 4 steps (this trial)"}
+
+
+def test_a_baseline_that_cannot_be_planned_runs_a_small_model_for_real(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 64.0)
+    monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "baseline-plan:raise")
+    notes: list[str] = []
+    outcome = run_search(_settings("unplanned", 2), on_note=notes.append)
+    assert outcome.memory_mode == "cpu"
+    records = load_records("unplanned")
+    assert all((tmp_path / "runs" / "unplanned" / "trials" / str(r.number) / "trial.log").is_file() for r in records)
+    assert all(r.result.status in ("ok", "oom") for r in records)
+    assert any("its baseline could not be planned" in n and "plan.log" in n for n in notes)
+
+
+def test_a_baseline_that_cannot_be_planned_is_a_clear_error_when_plans_are_asked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "baseline-plan:raise")
+    with pytest.raises(ConfigError, match="the full-size plan of the baseline failed .*plan.log"):
+        run_search(_settings("unplanned", 2, plan_memory=True))
 
 
 def test_a_failed_reward_run_fails_its_trials_and_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
