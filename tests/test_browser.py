@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from autotune.tracking import StudyTracker, experiment_url, ui_argv
 from tests.export.study_factory import tiny_study
+from tests.net import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,11 +33,6 @@ class _Recommendation:
     def __init__(self, record):
         self.record, self.baseline, self.policy, self.reason = record, None, "max-reward", "best reward on the front"
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> None:
@@ -75,7 +70,7 @@ def logged_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Pa
 @pytest.fixture(scope="module")
 def ui_url(logged_study: tuple[str, str, Path]) -> Iterator[str]:
     uri, _, root = logged_study
-    port = _free_port()
+    port = free_port()
     # Its own process group, so the UI's uvicorn and job-runner children stop with it.
     proc = subprocess.Popen(ui_argv(uri, port=port), cwd=root, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

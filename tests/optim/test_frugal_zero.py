@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from tests.net import free_port
+
 pytest.importorskip("deepspeed")
 
 # (ZeRO stage, placement, density)
@@ -70,7 +72,7 @@ SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def results() -> dict[tuple, dict]:
     env = dict(os.environ, DS_ACCELERATOR="cpu", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-               MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", PYTHONPATH=".")
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=".")
     done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

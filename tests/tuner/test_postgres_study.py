@@ -4,7 +4,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from autotune.tuner.study import load_records
+from tests.net import free_port
 from tests.tuner.tuner_helpers import search_cmd, subprocess_env
 
 pytestmark = pytest.mark.postgres
@@ -23,11 +23,6 @@ def _bin(name: str) -> str | None:
     return found[-1] if found else shutil.which(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
@@ -36,7 +31,7 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
     # not under pytest's tmp dir: that is private to root, and the server runs as another user
     root = Path(tempfile.mkdtemp(prefix="autotune-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     # PostgreSQL refuses to run as root: run it as the postgres (or nobody) account
     run_as: list[str] = []
     if os.geteuid() == 0:
