@@ -8,6 +8,9 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 STUDY      ?= demo
 PYTEST_ARGS ?=
+# Test files run side by side on this many processes (pytest-xdist; a file's tests stay together so
+# its module fixtures run once). 2 fits the 2-core CI box; PYTEST_WORKERS=0 runs them in-process.
+PYTEST_WORKERS ?= 2
 GPU_CHECK_OUT ?= runs/gpu_check
 GPU_CHECK_ARGS ?=
 
@@ -32,10 +35,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/autotune search --model llama-tiny --space search_spaces/ci-tiny.yaml --trials 12 --study $(STUDY)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -12,3 +14,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def own_environment():
+    """Code run in-process (DeepSpeed's one-rank setup) sets MASTER_PORT and friends in os.environ;
+    a later test in the same worker would inherit a port that a live process group still holds."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)

@@ -16,7 +16,8 @@ import pytest
 
 from autotune.export import export_config
 from tests.export.configs import CASES, GOLDEN_CONFIG, ZERO3_FRUGAL_CONFIG
-from tests.export.test_deepspeed_engine import _ds_env, _results
+from tests.export.test_deepspeed_engine import ROOT, _ds_env, _results
+from tests.net import free_port
 
 pytestmark = pytest.mark.slow   # tiny models, but DeepSpeed engines and a GRPO trainer in subprocesses
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -46,7 +47,8 @@ def test_grpo_trainer_runs_two_steps_from_the_trl_export(case: str, tmp_path: Pa
     pytest.importorskip("trl")
     cfg = CASES[case]
     export_config(cfg, "trl").write(tmp_path)
-    env = {**_ds_env(), **_accelerate_env(tmp_path)}
+    # accelerate's launcher env is a copy of os.environ: this test's own port and import path go last
+    env = {**_ds_env(), **_accelerate_env(tmp_path), "MASTER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(SCRIPTS / "trl_grpo.py"), str(tmp_path)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
