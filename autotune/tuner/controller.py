@@ -42,9 +42,9 @@ USER_ATTR_SURPLUS = "autotune.surplus"    # claimed after the study was full; ne
 USER_ATTR_CANCELLED = "autotune.cancelled"
 USER_ATTR_INVALID = "autotune.invalid"    # the sampled combination failed validation; why
 USER_ATTR_OWNER = "autotune.owner"        # the controller running the trial: see autotune.owner
+USER_ATTR_OWNER_TRIAL = "autotune.owner_trial"   # the trial number USER_ATTR_OWNER was written for
 _WAIT_S = 0.5
 _KILL_WAIT_S = 15.0     # how long an interrupted run waits for its workers to end their trials
-_OWNER_SETTLE_S = 2.0   # a trial younger than this may not have its owner written yet
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,6 +331,7 @@ class Controller:
             # owned and beating from the first moment, so a controller that dies now leaves a trial
             # the next run recognises as orphaned (see _fail_orphans)
             trial.set_user_attr(USER_ATTR_OWNER, owner.this_process())
+            trial.set_user_attr(USER_ATTR_OWNER_TRIAL, trial.number)   # after the owner: see _fail_orphans
             self.storage.record_heartbeat(trial._trial_id)
             if self._claims_before(trial.number) >= n:
                 self._release(trial, USER_ATTR_SURPLUS, requeue=True)
@@ -346,19 +347,19 @@ class Controller:
         Optuna's heartbeat only sees trials that beat at least once; a controller killed between
         ask() and its first beat left a trial RUNNING forever, and every later run waited for it.
         A trial is orphaned when its owner ran on this host and has exited, or when it has no owner
-        and is older than the heartbeat grace period.
+        of its own and is older than the heartbeat grace period. A re-queued copy carries the dead
+        owner of the trial it retries until the worker that asked it writes over it; the owner is
+        its own only once USER_ATTR_OWNER_TRIAL (written after the owner) names this trial.
         """
         from optuna.trial import TrialState
 
         now = datetime.datetime.now()
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             holder = trial.user_attrs.get(USER_ATTR_OWNER)
-            age_s = (now - (trial.datetime_start or now)).total_seconds()
-            if holder is not None:
-                # a re-queued copy carries its dead owner until its new one writes over it, just after ask()
-                orphaned = age_s > _OWNER_SETTLE_S and owner.is_dead(str(holder))
+            if holder is not None and trial.user_attrs.get(USER_ATTR_OWNER_TRIAL) == trial.number:
+                orphaned = owner.is_dead(str(holder))
             else:
-                orphaned = age_s > self._grace_s
+                orphaned = (now - (trial.datetime_start or now)).total_seconds() > self._grace_s
             if orphaned and self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 log.warning("trial %d: its controller (%s) is gone; failed and re-queued", trial.number, holder)
                 callback = self.storage.get_heartbeat_stale_trial_callback()

@@ -151,13 +151,14 @@ def _dead_owner() -> str:
 def test_running_trials_of_dead_controllers_are_failed_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A controller killed between ask() and its first heartbeat left a RUNNING trial every later run waited for."""
     from autotune.result import USER_ATTR_CONFIG
-    from autotune.tuner.controller import USER_ATTR_OWNER, baseline_config
+    from autotune.tuner.controller import USER_ATTR_OWNER, USER_ATTR_OWNER_TRIAL, baseline_config
 
     monkeypatch.chdir(tmp_path)
     study = optuna.create_study(study_name="orphans", storage=open_storage(default_storage("orphans")),
                                 directions=["maximize", "minimize"])
     dead = study.ask()   # its controller died after ask(): no heartbeat ever, owner on this host gone
     dead.set_user_attr(USER_ATTR_OWNER, _dead_owner())
+    dead.set_user_attr(USER_ATTR_OWNER_TRIAL, dead.number)
     dead.set_user_attr(USER_ATTR_CONFIG, baseline_config(ci_space()).to_dict())
     unowned = study.ask()   # died even before it could say who it was
     time.sleep(1.2)
@@ -168,6 +169,27 @@ def test_running_trials_of_dead_controllers_are_failed_and_retried(tmp_path: Pat
     assert len(load_records("orphans")) == 3
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].user_attrs[USER_ATTR_CONFIG] == dead.user_attrs[USER_ATTR_CONFIG]
+
+
+def test_a_fresh_retry_that_still_carries_its_predecessors_dead_owner_is_left_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that asked a re-queued trial has not yet written its owner over the copied, dead one;
+    another worker must not fail that trial under it (seen under load when the write took > 2 s)."""
+    from autotune.tuner.controller import USER_ATTR_OWNER, USER_ATTR_OWNER_TRIAL, Controller
+
+    monkeypatch.chdir(tmp_path)
+    controller = Controller(_settings("retry", 3, grace_period_s=60))
+    copy = controller.study.ask()
+    copy.set_user_attr(USER_ATTR_OWNER, _dead_owner())         # copied from the trial it retries
+    copy.set_user_attr(USER_ATTR_OWNER_TRIAL, copy.number - 1)
+    own = controller.study.ask()
+    own.set_user_attr(USER_ATTR_OWNER, _dead_owner())          # its own owner, who has died
+    own.set_user_attr(USER_ATTR_OWNER_TRIAL, own.number)
+    time.sleep(2.5)   # older than any fixed "owner not written yet" window
+    controller._fail_orphans()
+    states = {t.number: t.state for t in controller.study.trials}
+    assert states[copy.number] == optuna.trial.TrialState.RUNNING
+    assert states[own.number] == optuna.trial.TrialState.FAIL
 
 
 def test_an_unwritable_trials_folder_stops_the_search_and_leaves_nothing_running(
