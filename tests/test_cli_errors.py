@@ -45,6 +45,7 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("option", "value"), [
     ("--budget-gb", "nan"), ("--budget-gb", "inf"), ("--timeout", "nan"), ("--trial-timeout", "inf"),
     ("--min-reward-ratio", "nan"), ("--seed", "99999999999999999999999"), ("--seed", "-1"),
+    ("--reward-seeds", "0"), ("--reward-seeds", "nan"),
 ])
 def test_bad_numbers_fail_before_anything_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  option: str, value: str) -> None:

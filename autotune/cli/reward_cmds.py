@@ -20,12 +20,14 @@ from autotune.config import TrialConfig
               help="Where to write the RewardOutcome JSON.")
 @click.option("--proxy-for", default=None, metavar="MODEL",
               help="The model this run stands in for, when the config's actor is a proxy.")
-def reward(config_path: Path, out: Path, proxy_for: str | None) -> None:
+@click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Train at workload.seed and the seeds after it; report the mean and its standard error over seeds.")
+def reward(config_path: Path, out: Path, proxy_for: str | None, seeds: int) -> None:
     """Run one reward run (train, then score on the fixed evaluation prompts) and write its outcome."""
     cfg = TrialConfig.load(config_path)
     from autotune.rlhf.reward_run import run_reward
 
-    outcome = run_reward(cfg, proxy_for=proxy_for)
+    outcome = run_reward(cfg, proxy_for=proxy_for, seeds=seeds)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     outcome.save(tmp)

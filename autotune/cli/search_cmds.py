@@ -74,8 +74,12 @@ def _quiet_optuna() -> None:
               help="GPU memory budget (GiB); default: the space's budget_gb, else the GPU's total memory, "
               "else (no GPU) an assumed 80 GiB card.")
 @click.option("--reward-proxy", default=None, metavar="PRESET|PATH",
-              help="Model for reward runs where the named model cannot run here; default: autotune's proxy "
-              "for the model's family (llama-tiny on a CPU box for models over 150M parameters).")
+              help="Model for reward runs where the named model cannot run here; default on a CPU box, for "
+              "models over 150M parameters: llama-tiny-<depth> (llama-tiny's width at the model's depth).")
+@click.option("--reward-seeds", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Training seeds each reward run averages (the same seeds for every config). A short proxy "
+              "run's reward moves by several percent from seed to seed; with 3 or more the reward's ± is taken "
+              "over seeds, so close configs tie instead of being ranked by one seed's luck (3x the reward time).")
 @click.option("--plan-memory", is_flag=True,
               help="Without GPUs, plan every trial's memory at full size even where this host could run the model.")
 @click.option("--study", default=None, help="Study name; default: the model name.")
@@ -107,7 +111,7 @@ def _quiet_optuna() -> None:
 @click.option("--reward-command", default=None, hidden=True,
               help="Run reward runs with this command instead of `autotune reward`.")
 def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
-           budget_gb: float | None, reward_proxy: str | None, plan_memory: bool, study: str | None,
+           budget_gb: float | None, reward_proxy: str | None, reward_seeds: int, plan_memory: bool, study: str | None,
            storage: str | None, tracking_uri: str | None, gpus: str | None, gpus_per_trial: int,
            world_size: int | None, sampler: str, seed: int | None,
            policy: str, min_reward_ratio: float, reward_reference: str, prescreen: bool, advisor: bool,
@@ -157,7 +161,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
         prescreen=prescreen, advisor=advisor,
         launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
         policy=policy, min_reward_ratio=min_reward_ratio, reward_reference=reward_reference,
-        reward_proxy=reward_proxy, plan_memory=plan_memory)
+        reward_proxy=reward_proxy, reward_seeds=reward_seeds, plan_memory=plan_memory)
     with SearchProgress(n_trials) as progress:
         outcome = run_search(settings, on_record=progress.update, on_note=progress.note)
     shared = (f"; {outcome.reward_runs} reward runs for {outcome.reward_runs + outcome.reward_hits} rewards"

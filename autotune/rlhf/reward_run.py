@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,10 @@ class RewardOutcome:
         model: The actor that actually ran (the proxy, when there was one).
         proxy: Whether `model` stands in for a bigger model.
         steps: RLHF iterations of the run.
-        reward: The trained policy's score on the fixed evaluation prompts.
-        reward_se: Its standard error over prompts.
+        seeds: Training seeds the run averaged (workload.seed, workload.seed + 1, ...).
+        reward: The trained policy's score on the fixed evaluation prompts (the mean over seeds).
+        reward_se: Its standard error: over prompts for one seed; over seeds for several (the
+            seed-to-seed spread of an 8-step run is many times the prompts' standard error).
         initial_reward: The untrained policy's score on the same prompts.
         reward_curve: The mean task reward of each training iteration's samples.
         status: ok, oom, error or timeout; a failed run is stored too, so it is not retried forever.
@@ -98,6 +101,7 @@ class RewardOutcome:
     model: str
     proxy: bool = False
     steps: int = 0
+    seeds: int = 1
     reward: float | None = None
     reward_se: float | None = None
     initial_reward: float | None = None
@@ -112,8 +116,9 @@ class RewardOutcome:
 
     @property
     def label(self) -> str:
-        """Where the reward came from, e.g. "llama-small proxy, 8 steps" or "llama-tiny, 4 steps"."""
-        return f"{Path(self.model).name}{' proxy' if self.proxy else ''}, {self.steps} steps"
+        """Where the reward came from, e.g. "llama-small proxy, 8 steps" or "llama-tiny, 4 steps, 3 seeds"."""
+        seeds = f", {self.seeds} seeds" if self.seeds > 1 else ""
+        return f"{Path(self.model).name}{' proxy' if self.proxy else ''}, {self.steps} steps{seeds}"
 
     def to_dict(self) -> dict:
         return schema.to_dict(self)
@@ -131,16 +136,18 @@ class RewardOutcome:
 
 
 # -- the key -------------------------------------------------------------------------------------
-def reward_key(cfg: TrialConfig) -> str:
-    """A short stable hash of the part of `cfg` that can change the reward.
+def reward_key(cfg: TrialConfig, *, seeds: int = 1) -> str:
+    """A short stable hash of the part of `cfg` that can change the reward, and of the seed count.
 
     Neutral knobs are reset to their defaults, the device is ignored, and fields that cannot act
     are dropped: the partition when no optimizer is FRUGAL, critic settings under GRPO, an
-    `update_gap` longer than the run.
+    `update_gap` longer than the run. One seed keeps the keys that single-seed runs always had.
     """
     data = _canonical(cfg.to_dict())
     for dotted in _PLACE_KNOBS:
         _pop(data, dotted)
+    if seeds > 1:
+        data["reward_seeds"] = seeds
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -279,35 +286,60 @@ def _n_layers(model: str) -> int:
 
 
 # -- running one -------------------------------------------------------------------------------
-def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None) -> RewardOutcome:
+def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None, seeds: int = 1) -> RewardOutcome:
     """Run a reward run in this process; a failed run is an outcome, never an exception.
 
     Args:
         cfg: What to run, normally `reward_config(trial_cfg, proxy=...)`.
         proxy_for: The model the study is about, when `cfg.model.actor` is a proxy for it.
+        seeds: Train this many times, at `workload.seed` and the seeds after it, and report the
+            mean reward with its standard error over seeds. Configs are compared seed for seed
+            (the same seeds for every key), so a difference between them is not one seed's luck.
 
     Returns:
-        The outcome, keyed by `reward_key(cfg)`.
+        The outcome, keyed by `reward_key(cfg, seeds=seeds)`.
     """
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    start = time.perf_counter()
+    common: dict[str, Any] = {"key": reward_key(cfg, seeds=seeds), "model": cfg.model.actor,
+                              "steps": cfg.workload.steps, "seeds": seeds,
+                              "proxy": proxy_for is not None and proxy_for != cfg.model.actor}
+    results = []
+    for offset in range(seeds):
+        run_cfg = cfg.replace(**{"workload.seed": cfg.workload.seed + offset}) if offset else cfg
+        status, message, result = _one_seed(run_cfg)
+        if status != "ok":
+            if seeds > 1:
+                message = f"seed {run_cfg.workload.seed}: {message}"
+            return RewardOutcome(**common, status=status, message=message, wall_time_s=time.perf_counter() - start)
+        results.append(result)
+    if seeds == 1:
+        only = results[0]
+        figures = {"reward": only.reward, "reward_se": only.reward_se, "initial_reward": only.initial_reward,
+                   "reward_curve": only.reward_curve}
+    else:
+        rewards = [r.reward for r in results]
+        curves = [r.reward_curve for r in results]
+        figures = {"reward": statistics.fmean(rewards), "reward_se": statistics.stdev(rewards) / math.sqrt(seeds),
+                   "initial_reward": statistics.fmean(r.initial_reward for r in results),
+                   "reward_curve": tuple(statistics.fmean(step) for step in zip(*curves))}
+    return RewardOutcome(**common, **figures, wall_time_s=time.perf_counter() - start)
+
+
+def _one_seed(cfg: TrialConfig) -> tuple[Status, str, Any]:
+    """One training run of `cfg` without memory measurement: (status, message, TrialResult)."""
     from autotune.rlhf.trial import run_trial
 
-    start = time.perf_counter()
-    common: dict[str, Any] = {"key": reward_key(cfg), "model": cfg.model.actor, "steps": cfg.workload.steps,
-                              "proxy": proxy_for is not None and proxy_for != cfg.model.actor}
     try:
         result = run_trial(cfg, measure_memory=False)   # memory comes from the trial or the plan
     except Exception as exc:  # noqa: BLE001 - a reward run reports, it does not raise
         log.exception("reward run failed")
-        return RewardOutcome(**common, status="error", message=f"{type(exc).__name__}: {exc}",
-                             wall_time_s=time.perf_counter() - start)
+        return "error", f"{type(exc).__name__}: {exc}", None
     status = result.status if result.status in ("ok", "oom", "error", "timeout") else "error"
     if status == "ok" and result.reward is None:
-        status, message = "error", "the run produced no evaluation reward"
-    else:
-        message = result.message if status != "ok" else ""
-    return RewardOutcome(**common, reward=result.reward, reward_se=result.reward_se,
-                         initial_reward=result.initial_reward, reward_curve=result.reward_curve,
-                         status=status, message=message, wall_time_s=time.perf_counter() - start)
+        return "error", "the run produced no evaluation reward", result
+    return status, result.message if status != "ok" else "", result
 
 
 # -- dotted paths in plain dicts -------------------------------------------------------------------

@@ -72,6 +72,7 @@ class SearchSettings:
     min_reward_ratio: float = 0.98
     reward_reference: str = "baseline"      # min-memory measures the ratio against "baseline" or "best"
     reward_proxy: str | None = None         # None: fidelity's choice (the full model where it runs)
+    reward_seeds: int = 1                   # training seeds each reward run averages
     cpu_workers: int = 2                    # parallel planned trials without GPUs (each single-threaded)
     plan_memory: bool = False               # plan every trial's memory even where the host could run it
 
@@ -155,6 +156,8 @@ def _check_numbers(settings: SearchSettings) -> None:
         value = getattr(settings, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             problems.append(f"{key}: must be a positive, finite number, got {value}")
+    if not 1 <= settings.reward_seeds <= 100:
+        problems.append(f"reward_seeds: must be 1 to 100, got {settings.reward_seeds}")
     if not settings.min_reward_ratio <= 1:
         problems.append(f"min_reward_ratio: must be at most 1, got {settings.min_reward_ratio}")
     if settings.launcher.timeout_s is not None and not (math.isfinite(settings.launcher.timeout_s)
@@ -213,7 +216,7 @@ class Controller:
         self.measurer = Measurer(study=self.study, out_dir=studies.study_dir(settings.study), launcher=settings.launcher,
                                  budget_gb=self.budget_gb, gpus=settings.gpus, prescreen=settings.prescreen,
                                  reward_proxy=settings.reward_proxy, cancel=self.cancel, on_note=on_note,
-                                 force_planned=settings.plan_memory)
+                                 force_planned=settings.plan_memory, reward_seeds=settings.reward_seeds)
         self.lock = threading.Lock()       # one ask/tell at a time keeps the surplus check exact per process
         # advisor proposals with the config each one changes
         self.pending: collections.deque[tuple[advisor.Proposal, TrialConfig]] = collections.deque()
@@ -537,7 +540,7 @@ class Controller:
                 "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(s.gpus) or "cpu",
                 "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url,
                 "budget_note": self.budget.note, "memory_mode": self.measurer.mode,
-                "reward_proxy": self.measurer.proxy or "none", "policy": s.policy,
+                "reward_proxy": self.measurer.proxy or "none", "reward_seeds": s.reward_seeds, "policy": s.policy,
                 "min_reward_ratio": s.min_reward_ratio, "reward_reference": s.reward_reference}
 
 

@@ -175,10 +175,11 @@ def prescreen(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, budge
 
 
 def run_reward(reward_config: TrialConfig, run_dir: Path, *, launcher: Launcher, proxy_for: str,
-               gpu: str | None = None, cancel: threading.Event | None = None) -> RewardOutcome | None:
+               gpu: str | None = None, cancel: threading.Event | None = None, seeds: int = 1) -> RewardOutcome | None:
     """Run `autotune reward` on `reward_config` (from `reward_run.reward_config`) in a subprocess.
 
     `proxy_for` is the model the trial names; where the run's model differs, its outcome is a proxy's.
+    `seeds` > 1 averages that many training seeds (`autotune reward --seeds`).
 
     Returns:
         Its RewardOutcome (a failed run is an outcome with its status), or None when cancelled.
@@ -189,12 +190,14 @@ def run_reward(reward_config: TrialConfig, run_dir: Path, *, launcher: Launcher,
     _write_config(reward_config, config_path)
     out_path.unlink(missing_ok=True)
     argv = [*launcher.reward_command, "--config", str(config_path), "--out", str(out_path), "--proxy-for", proxy_for]
+    if seeds > 1:
+        argv += ["--seeds", str(seeds)]
     start, available_gb = time.perf_counter(), host_available_gb()
     code = _run(argv, run_dir / "reward.log", trial_env(reward_config, gpu), launcher.timeout_s, cancel)
     elapsed = time.perf_counter() - start
     if code == _CANCELLED:
         return None
-    key, model = reward_key(reward_config), reward_config.model.actor
+    key, model = reward_key(reward_config, seeds=seeds), reward_config.model.actor
     proxy = model != proxy_for
     if code is None:
         return RewardOutcome(key=key, model=model, proxy=proxy, steps=0, status="timeout", wall_time_s=elapsed,

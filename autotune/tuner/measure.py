@@ -43,11 +43,12 @@ class Measurer:
 
     def __init__(self, *, study: Any, out_dir: Path, launcher: Launcher, budget_gb: float, gpus: tuple[str, ...],
                  prescreen: bool, reward_proxy: str | None, cancel: threading.Event,
-                 on_note: Callable[[str], None] | None = None, force_planned: bool = False):
+                 on_note: Callable[[str], None] | None = None, force_planned: bool = False, reward_seeds: int = 1):
         self.study, self.out_dir, self.launcher, self.budget_gb = study, out_dir, launcher, budget_gb
         self.gpus, self.prescreen, self.cancel = gpus, prescreen, cancel
         self.force_planned = force_planned and not gpus
         self.proxy: str | None = reward_proxy
+        self.reward_seeds = reward_seeds
         self.mode: fidelity.MemoryMode = "gpu" if gpus else "cpu"
         self.host_need_gb: float | None = None
         self.reward_runs = self.reward_hits = 0
@@ -185,7 +186,7 @@ class Measurer:
         from autotune.tuner.reward_cache import RewardCache
 
         run_config = reward_config(config, proxy=self.proxy)
-        key = reward_key(run_config)
+        key = reward_key(run_config, seeds=self.reward_seeds)
         with self._locks_lock:
             lock = self._key_locks[key]
         with lock:   # two workers wanting one key: the second waits and reads the first's outcome
@@ -196,7 +197,7 @@ class Measurer:
                 return cached
             run_dir = self.out_dir / "rewards" / key / self.worker
             outcome = run_reward(run_config, run_dir, launcher=self.launcher, proxy_for=config.model.actor, gpu=gpu,
-                                 cancel=self.cancel)
+                                 cancel=self.cancel, seeds=self.reward_seeds)
             if outcome is None:
                 return None
             self.reward_runs += 1

@@ -212,6 +212,22 @@ def test_default_proxy_runs_small_models_themselves():
     assert default_proxy("llama-1b", cuda=False, task="target-token") == "llama-tiny-16"
 
 
+def test_several_seeds_average_the_single_seed_runs_and_take_the_se_over_seeds(baseline):
+    import statistics
+
+    next_seed = run_reward(small(**{"workload.seed": 1}))
+    both = run_reward(small(), seeds=2)
+    assert both.ok and both.seeds == 2 and both.label.endswith(", 3 steps, 2 seeds")
+    assert both.reward == pytest.approx(statistics.fmean([baseline.reward, next_seed.reward]), abs=1e-12)
+    assert both.reward_se == pytest.approx(abs(baseline.reward - next_seed.reward) / 2, abs=1e-12)
+    assert both.reward_curve == pytest.approx([(a + b) / 2 for a, b in zip(baseline.reward_curve,
+                                                                             next_seed.reward_curve)])
+    # a separate cache entry: a one-seed outcome never stands in for a two-seed one
+    assert both.key == reward_key(small(), seeds=2) != reward_key(small()) == baseline.key
+    with pytest.raises(ValueError, match="seeds must be at least 1"):
+        run_reward(small(), seeds=0)
+
+
 def test_outcome_label_and_round_trip(tmp_path):
     outcome = RewardOutcome(key="k", model="llama-small", proxy=True, steps=8, reward=0.2, reward_se=0.01)
     assert outcome.label == "llama-small proxy, 8 steps"
@@ -235,12 +251,12 @@ def test_reward_cli_writes_the_outcome(tmp_path):
     cfg = small(**{"workload.steps": 1})
     (tmp_path / "reward.yaml").write_text(cfg.dump())
     proc = subprocess.run([sys.executable, "-m", "autotune", "reward", "--config", str(tmp_path / "reward.yaml"),
-                           "--out", str(tmp_path / "out" / "reward.json"), "--proxy-for", "llama-1b"],
+                           "--out", str(tmp_path / "out" / "reward.json"), "--proxy-for", "llama-1b", "--seeds", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     outcome = RewardOutcome.from_dict(json.loads((tmp_path / "out" / "reward.json").read_text()))
-    assert outcome.ok and outcome.proxy and outcome.key == reward_key(cfg)
-    assert "reward" in proc.stderr
+    assert outcome.ok and outcome.proxy and outcome.seeds == 2 and outcome.key == reward_key(cfg, seeds=2)
+    assert "2 seeds" in proc.stderr
 
 
 @pytest.mark.slow

@@ -24,16 +24,17 @@ def main() -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--proxy-for", default=None)
+    parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args()
     cfg = TrialConfig.load(args.config)
-    key = reward_key(cfg)
+    key = reward_key(cfg, seeds=args.seeds)
     if os.environ.get("FAKE_REWARD_LOG"):
         with open(os.environ["FAKE_REWARD_LOG"], "a") as log:
             log.write(key + "\n")
     _, reward = figures(cfg)
     failed = os.environ.get("FAKE_REWARD_FAIL") == "1"
     outcome = RewardOutcome(key=key, model=cfg.model.actor, proxy=args.proxy_for not in (None, cfg.model.actor), steps=cfg.workload.steps,
-                            reward=None if failed else reward, reward_se=0.01, initial_reward=0.4,
+                            seeds=args.seeds, reward=None if failed else reward, reward_se=0.01, initial_reward=0.4,
                             reward_curve=() if failed else (0.4, reward), status="error" if failed else "ok",
                             message="failed on purpose" if failed else "", wall_time_s=0.01)
     Path(args.out).write_text(json.dumps(outcome.to_dict()))

@@ -61,6 +61,18 @@ def test_a_model_the_host_cannot_hold_is_planned_never_launched(tmp_path: Path, 
         assert r.result.reward_source == "llama-small proxy, 4 steps" and r.result.reward_se == 0.01
 
 
+def test_reward_seeds_reach_every_reward_run_and_its_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 0.5)
+    run_search(_settings("seeded", 3, reward_proxy="llama-small", reward_seeds=3))
+    scored = [r for r in load_records("seeded") if r.result.reward_key]
+    assert scored and all(r.result.reward_source == "llama-small proxy, 4 steps, 3 seeds" for r in scored)
+    from autotune.rlhf.reward_run import reward_config, reward_key
+
+    assert {r.result.reward_key for r in scored} == {
+        reward_key(reward_config(r.config, proxy="llama-small"), seeds=3) for r in scored}
+
+
 def test_a_cpu_trial_over_the_free_host_memory_is_not_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # room for the baseline when the study starts; then another process takes the memory
