@@ -85,7 +85,7 @@ class Measurer:
         need = f"{self.host_need_gb:.1f} GiB"
         if self.mode == "cpu":
             self._note(f"memory: real CPU runs of {model} (the baseline needs {need} of host memory, "
-                       f"{available:.1f} GiB available); reward: from each run")
+                       f"{available:.1f} GiB available); reward: from each run{self._seeds_unused()}")
             return
         if self.proxy is None and not fits:
             from autotune.rlhf.reward_run import default_proxy
@@ -110,7 +110,14 @@ class Measurer:
                               f"{model}'s trials on this host")
         self.mode = "cpu"
         self._note(f"memory: real CPU runs of {model} (its baseline could not be planned, {where}; at most "
-                   f"{CPU_FULL_SIZE_MAX_PARAMS / 1e6:.0f}M parameters, so it runs as is); reward: from each run")
+                   f"{CPU_FULL_SIZE_MAX_PARAMS / 1e6:.0f}M parameters, so it runs as is); reward: from each run"
+                   f"{self._seeds_unused()}")
+
+    def _seeds_unused(self) -> str:
+        """Real CPU trials train once and score their own run: say so when more seeds were asked for."""
+        if self.reward_seeds == 1:
+            return ""
+        return f" (one seed: --reward-seeds {self.reward_seeds} applies to reward runs only)"
 
     # -- once per trial -----------------------------------------------------------------------------
     def measure(self, config: TrialConfig, trial_dir: Path, gpu: str | None) -> Measured:

@@ -94,9 +94,11 @@ def test_a_host_that_holds_the_model_runs_it_and_labels_both_sources(tmp_path: P
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     _host(monkeypatch, 64.0)
-    outcome = run_search(_settings("real", 3))
+    notes: list[str] = []
+    outcome = run_search(_settings("real", 3, reward_seeds=3), on_note=notes.append)
     records = load_records("real")
     assert outcome.memory_mode == "cpu" and outcome.reward_runs == 0
+    assert any("reward: from each run (one seed: --reward-seeds 3 applies to reward runs only)" in n for n in notes)
     assert all((tmp_path / "runs" / "real" / "trials" / str(r.number) / "trial.log").is_file() for r in records)
     assert {r.result.memory_source for r in records} == {"llama-tiny, measured on the CPU (traced, simulator), 4 iterations"}
     assert {r.result.reward_source for r in records} == {"llama-tiny, 4 steps (this trial)"}
