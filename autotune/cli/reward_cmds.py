@@ -11,6 +11,7 @@ import click
 
 from autotune.cli.trial_cmds import EXIT_CODES, TrialExit
 from autotune.config import TrialConfig
+from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
 
 
 @click.command()
@@ -20,7 +21,7 @@ from autotune.config import TrialConfig
               help="Where to write the RewardOutcome JSON.")
 @click.option("--proxy-for", default=None, metavar="MODEL",
               help="The model this run stands in for, when the config's actor is a proxy.")
-@click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True,
+@click.option("--seeds", type=click.IntRange(1, MAX_REWARD_SEEDS), default=1, show_default=True,
               help="Train at workload.seed and the seeds after it; report the mean and its standard error over seeds.")
 def reward(config_path: Path, out: Path, proxy_for: str | None, seeds: int) -> None:
     """Run one reward run (train, then score on the fixed evaluation prompts) and write its outcome."""

@@ -9,6 +9,7 @@ import click
 
 from autotune.cli.checks import FiniteFloat, default_study_name, writable_dir
 from autotune.errors import ConfigError
+from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
 from autotune.tuner.recommend import POLICIES, REFERENCES
 from autotune.tuner.study import MAX_SEED, SAMPLERS
 
@@ -76,7 +77,7 @@ def _quiet_optuna() -> None:
 @click.option("--reward-proxy", default=None, metavar="PRESET|PATH",
               help="Model for reward runs where the named model cannot run here; default on a CPU box, for "
               "models over 150M parameters: llama-tiny-<depth> (llama-tiny's width at the model's depth).")
-@click.option("--reward-seeds", type=click.IntRange(1, 100), default=1, show_default=True,
+@click.option("--reward-seeds", type=click.IntRange(1, MAX_REWARD_SEEDS), default=1, show_default=True,
               help="Training seeds each reward run averages (the same seeds for every config). A short proxy "
               "run's reward moves by several percent from seed to seed; with 3 or more the reward's ± is taken "
               "over seeds, so close configs tie instead of being ranked by one seed's luck (3x the reward time).")

@@ -71,6 +71,7 @@ _CRITIC_ONLY = ("optimizer.critic", "workload.critic_lr", "workload.value_clip",
 # model learns the programmatic tasks the same way whatever its family.
 DEEP_TINY_PROXY = "llama-tiny-{layers}"
 TEXT_PROXY = "smollm2-135m"   # the smallest model with a tokenizer, for tasks scored on decoded text
+MAX_REWARD_SEEDS = 100   # training seeds one reward run may average (search and `autotune reward`)
 # Largest model whose reward runs on the CPU at full size: smollm2-135m and llama-small run themselves
 # (a search on them trains them for real anyway); llama-1b and the OPT presets go to a proxy.
 CPU_FULL_SIZE_MAX_PARAMS = 150_000_000

@@ -27,6 +27,7 @@ from autotune import owner, schema
 from autotune.config import MemoryConfig, TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
+from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
 from autotune.tuner import advisor, study as studies
 from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
@@ -156,8 +157,8 @@ def _check_numbers(settings: SearchSettings) -> None:
         value = getattr(settings, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             problems.append(f"{key}: must be a positive, finite number, got {value}")
-    if not 1 <= settings.reward_seeds <= 100:
-        problems.append(f"reward_seeds: must be 1 to 100, got {settings.reward_seeds}")
+    if not 1 <= settings.reward_seeds <= MAX_REWARD_SEEDS:
+        problems.append(f"reward_seeds: must be 1 to {MAX_REWARD_SEEDS}, got {settings.reward_seeds}")
     if not settings.min_reward_ratio <= 1:
         problems.append(f"min_reward_ratio: must be at most 1, got {settings.min_reward_ratio}")
     if settings.launcher.timeout_s is not None and not (math.isfinite(settings.launcher.timeout_s)

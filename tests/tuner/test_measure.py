@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import ConfigError
+from autotune.rlhf.reward_run import reward_config, reward_key
 from autotune.tuner import fidelity, measure
 from autotune.tuner.controller import CORNER_REASON, SearchSettings, corner_config, run_search
 from autotune.tuner.study import load_records
@@ -67,8 +68,6 @@ def test_reward_seeds_reach_every_reward_run_and_its_label(tmp_path: Path, monke
     run_search(_settings("seeded", 3, reward_proxy="llama-small", reward_seeds=3))
     scored = [r for r in load_records("seeded") if r.result.reward_key]
     assert scored and all(r.result.reward_source == "llama-small proxy, 4 steps, 3 seeds" for r in scored)
-    from autotune.rlhf.reward_run import reward_config, reward_key
-
     assert {r.result.reward_key for r in scored} == {
         reward_key(reward_config(r.config, proxy="llama-small"), seeds=3) for r in scored}
 
