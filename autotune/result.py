@@ -14,6 +14,23 @@ Status = Literal["ok", "oom", "error", "timeout", "prescreened"]
 
 
 @dataclass(frozen=True, kw_only=True)
+class RewardPoint:
+    """The policy's score on the fixed evaluation prompts after `step` training iterations.
+
+    One value per training seed, in seed order (`workload.seed`, `workload.seed + 1`, ...), so two
+    configs trained at the same seeds can be compared seed by seed. Step 0 is the untrained policy.
+    """
+
+    step: int
+    seed_rewards: tuple[float, ...]
+    prompt_se: float = 0.0          # standard error over the evaluation prompts (the largest of the seeds')
+
+    @property
+    def mean(self) -> float:
+        return sum(self.seed_rewards) / len(self.seed_rewards)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrialResult:
     """The outcome of one trial.
 
@@ -43,6 +60,9 @@ class TrialResult:
     memory_source: str = ""
     reward_source: str = ""
     reward_key: str = ""                    # the reward run this trial's reward came from; "" for its own run
+    # The evaluation score along the run: step 0 (untrained), a few points on the way, and the end,
+    # one value per training seed. `reward` and `initial_reward` are the last and first points' means.
+    reward_points: tuple[RewardPoint, ...] = ()
     # A trial over several ranks: `memory` is the report of the rank with the highest reserved peak
     # (the memory objective is the maximum over ranks), `rank_memory` every rank's, in rank order.
     world_size: int = 1

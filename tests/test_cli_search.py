@@ -73,6 +73,18 @@ def test_the_output_says_where_each_objective_came_from(tmp_path: Path) -> None:
     assert "memory: llama-tiny, measured on the CPU" in table.stdout and "reward: llama-tiny, 4 steps" in table.stdout
 
 
+def test_a_search_on_the_offline_similarity_reward_runs(tmp_path: Path) -> None:
+    """`task: similarity` (the README's offline reward model) passes search's checks like any task."""
+    space = tmp_path / "space.yaml"
+    space.write_text(CI_TINY.read_text().replace("seed: 0}", "seed: 0, task: similarity}"))
+    cmd = search_cmd("sim", 2)
+    cmd[cmd.index("--space") + 1] = str(space)
+    out = _run(cmd, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Recommended: trial #" in out.stdout
+    assert TrialConfig.load(tmp_path / "runs" / "sim" / "recommended.yaml").workload.task == "similarity"
+
+
 def test_unknown_model_fails_before_any_study_exists(tmp_path: Path) -> None:
     out = _run([*AUTOTUNE, "search", "--model", "llama-7q", "--space", str(CI_TINY), "--no-tracking"], tmp_path)
     assert out.returncode == 1 and "unknown model 'llama-7q'" in out.stderr and "llama-tiny" in out.stderr

@@ -9,8 +9,8 @@ import click
 
 from autotune.cli.checks import FiniteFloat, default_study_name, writable_dir
 from autotune.errors import ConfigError
-from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
-from autotune.tuner.recommend import POLICIES, REFERENCES
+from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, DEFAULT_REWARD_STEPS, MAX_REWARD_SEEDS, MAX_REWARD_STEPS
+from autotune.tuner.recommend import DEFAULT_MIN_KEPT, POLICIES, REFERENCES
 from autotune.tuner.study import MAX_SEED, SAMPLERS
 
 if TYPE_CHECKING:
@@ -77,10 +77,14 @@ def _quiet_optuna() -> None:
 @click.option("--reward-proxy", default=None, metavar="PRESET|PATH",
               help="Model for reward runs where the named model cannot run here; default on a CPU box, for "
               "models over 150M parameters: llama-tiny-<depth> (llama-tiny's width at the model's depth).")
-@click.option("--reward-seeds", type=click.IntRange(1, MAX_REWARD_SEEDS), default=1, show_default=True,
-              help="Training seeds each reward run averages (the same seeds for every config). A short proxy "
-              "run's reward moves by several percent from seed to seed; with 3 or more the reward's ± is taken "
-              "over seeds, so close configs tie instead of being ranked by one seed's luck (3x the reward time).")
+@click.option("--reward-seeds", type=click.IntRange(1, MAX_REWARD_SEEDS), default=DEFAULT_REWARD_SEEDS,
+              show_default=True,
+              help="Training seeds each reward run averages (the same seeds for every config, compared seed by "
+              "seed). The reward's ± then covers the training seed, not only the evaluation prompts.")
+@click.option("--reward-steps", type=click.IntRange(1, MAX_REWARD_STEPS), default=None,
+              help=f"Training steps of every reward run. Default: start at {DEFAULT_REWARD_STEPS} and double (up to "
+              f"{MAX_REWARD_STEPS}) until the baseline's reward gain is 10 standard errors; a given value is kept, "
+              "and a baseline that did not learn in it leaves the recommendation to memory alone.")
 @click.option("--plan-memory", is_flag=True,
               help="Without GPUs, plan every trial's memory at full size even where this host could run the model.")
 @click.option("--study", default=None, help="Study name; default: the model name.")
@@ -96,10 +100,11 @@ def _quiet_optuna() -> None:
 @click.option("--policy", type=click.Choice(POLICIES), default="min-memory", show_default=True,
               help="min-memory: the smallest peak that keeps the reference reward; max-reward: the best reward, "
               "ties to the smaller peak.")
-@click.option("--min-reward-ratio", type=FiniteFloat(0, 1, min_open=True), default=0.98, show_default=True,
-              help="min-memory: keep at least this share of the reference reward.")
+@click.option("--min-reward-ratio", type=FiniteFloat(0, 1, min_open=True), default=DEFAULT_MIN_KEPT, show_default=True,
+              help="min-memory: the share of the reference's reward gain (over the untrained policy) a config "
+              "must keep, at the lower bound of its estimate (kept - 2 standard errors).")
 @click.option("--reward-reference", type=click.Choice(REFERENCES), default="baseline", show_default=True,
-              help="min-memory: measure --min-reward-ratio against the baseline's reward or the best one.")
+              help="min-memory: measure --min-reward-ratio against the baseline's reward gain or the best one's.")
 @click.option("--prescreen/--no-prescreen", default=True, show_default=True,
               help="Predict each GPU trial's peak with `autotune plan` and skip configs over the budget.")
 @click.option("--advisor/--no-advisor", default=True, show_default=True, help="Queue targeted follow-up configs.")
@@ -112,7 +117,8 @@ def _quiet_optuna() -> None:
 @click.option("--reward-command", default=None, hidden=True,
               help="Run reward runs with this command instead of `autotune reward`.")
 def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None, trial_timeout_s: float,
-           budget_gb: float | None, reward_proxy: str | None, reward_seeds: int, plan_memory: bool, study: str | None,
+           budget_gb: float | None, reward_proxy: str | None, reward_seeds: int, reward_steps: int | None,
+           plan_memory: bool, study: str | None,
            storage: str | None, tracking_uri: str | None, gpus: str | None, gpus_per_trial: int,
            world_size: int | None, sampler: str, seed: int | None,
            policy: str, min_reward_ratio: float, reward_reference: str, prescreen: bool, advisor: bool,
@@ -162,10 +168,11 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
         prescreen=prescreen, advisor=advisor,
         launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
         policy=policy, min_reward_ratio=min_reward_ratio, reward_reference=reward_reference,
-        reward_proxy=reward_proxy, reward_seeds=reward_seeds, plan_memory=plan_memory)
+        reward_proxy=reward_proxy, reward_seeds=reward_seeds, reward_steps=reward_steps, plan_memory=plan_memory)
     with SearchProgress(n_trials) as progress:
         outcome = run_search(settings, on_record=progress.update, on_note=progress.note)
-    shared = (f"; {outcome.reward_runs} reward runs for {outcome.reward_runs + outcome.reward_hits} rewards"
+    settled = f" (+{outcome.settling_runs} that set their length)" if outcome.settling_runs else ""
+    shared = (f"; {outcome.reward_runs} reward runs{settled} for {outcome.reward_runs + outcome.reward_hits} rewards"
               if outcome.reward_runs or outcome.reward_hits else "")
     click.echo(f"study {settings.study}: {len(outcome.records)} trials, {outcome.trials_run} run now{shared}; "
                f"controller overhead {outcome.overhead_share:.1%} of trial time")

@@ -158,18 +158,21 @@ class CopyFirstTask(Task):
 
 
 _TASK_TYPES: dict[str, type[Task]] = {cls.name: cls for cls in (TargetTokenTask, AscendingTask, CopyFirstTask)}
-TASKS: dict[str, str] = {name: " ".join(cls.__doc__.split()) for name, cls in _TASK_TYPES.items()}
+# Tasks scored on token ids: any vocabulary, no tokenizer.
+TOKEN_TASKS: dict[str, str] = {name: " ".join(cls.__doc__.split()) for name, cls in _TASK_TYPES.items()}
 # Tasks on decoded text: they need the policy's tokenizer (autotune.rlhf.similarity).
 TEXT_TASKS: dict[str, str] = {
     "similarity": "Cosine similarity of the decoded response to the closest target text (frozen all-MiniLM-L6-v2)",
 }
+# Every task a workload can name: the one list that config checks, search and the docs read.
+TASKS: dict[str, str] = {**TOKEN_TASKS, **TEXT_TASKS}
 
 
 def get_task(name: str, *, vocab_size: int, prompts_file: str | None = None, tokenizer: Any = None) -> Task:
     """Builds a task by name.
 
     Args:
-        name: A key of TASKS.
+        name: A key of TASKS (a text task needs `tokenizer`).
         vocab_size: The policy's vocabulary size (its config's, which may exceed the tokenizer's).
         prompts_file: A JSONL file of {"prompt": "text"} lines to draw prompts from instead of random ids.
         tokenizer: Encodes the file's prompts; without one, UTF-8 bytes are taken modulo vocab_size.
@@ -177,8 +180,8 @@ def get_task(name: str, *, vocab_size: int, prompts_file: str | None = None, tok
     Raises:
         ConfigError: An unknown task name, a bad vocab size, or an unreadable or malformed prompts file.
     """
-    if name not in _TASK_TYPES and name not in TEXT_TASKS:
-        raise ConfigError(f"unknown task {name!r}: choose one of {', '.join([*TASKS, *TEXT_TASKS])}")
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
     if vocab_size < 2:
         raise ConfigError(f"vocab_size must be at least 2, got {vocab_size}")
     if name in TEXT_TASKS:

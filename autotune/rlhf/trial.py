@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from autotune import __version__
 from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import AutotuneError
-from autotune.result import TrialResult
+from autotune.result import RewardPoint, TrialResult
 
 if TYPE_CHECKING:
     from autotune.memory.probe import MemoryProbe
@@ -59,7 +59,8 @@ def plan_trial(cfg: TrialConfig, *, timeline: Path | None = None) -> TrialResult
 
 
 def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
-              on_iteration: ProgressCallback | None = None, measure_memory: bool = True) -> TrialResult:
+              on_iteration: ProgressCallback | None = None, measure_memory: bool = True,
+              eval_steps: tuple[int, ...] = ()) -> TrialResult:
     """Run one trial and describe it; OOMs and errors are results, not exceptions.
 
     Args:
@@ -68,6 +69,10 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         on_iteration: called with each iteration's `IterationStats` and the probe (progress lines).
         measure_memory: False for a reward run: no probe traces the run (on the cpu backend the
             tracer costs 3-4x the run's time), and the result has no memory report.
+        eval_steps: also score the policy on the evaluation prompts after these iterations (a
+            learning curve; reward runs only, since the scoring forwards would count as memory).
+            The scoring draws from its own generators, so the training run is the same with or
+            without it.
 
     Returns:
         The TrialResult, with status ok, oom or error.
@@ -89,6 +94,7 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
     capacity = None if cfg.device_memory_gb is None else int(cfg.device_memory_gb * _GiB)
     probe = workload = memory = None
     evaluations: tuple[Evaluation, Evaluation] | None = None
+    midway: list[tuple[int, Evaluation]] = []
     status, message, failed_phase = "ok", "", None
     try:
         if cfg.device == "cuda" and cfg.world_size > 1:
@@ -100,7 +106,7 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         workload = RLHFWorkload(cfg, probe)
         with _fake_mode(cfg.device == "fake"), probe:
             workload.setup()
-            workload.run(None if on_iteration is None else lambda stats: on_iteration(stats, probe))
+            workload.run(_iteration_hook(workload, probe, on_iteration, eval_steps, midway, measure_memory))
         # the report first: the evaluation's forwards must not count as the run's memory
         memory = _report(probe) if measure_memory else None
         if cfg.device != "fake":
@@ -117,16 +123,44 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         status, message = "error", f"{type(exc).__name__}: {exc}"
         failed_phase = getattr(workload, "current_phase", None)
         log.exception("trial failed in %s", failed_phase or "setup")
-    result = _result(cfg, workload, memory or (_report(probe) if measure_memory else None), evaluations, status=status, message=message,
-                     failed_phase=failed_phase, wall_time_s=time.perf_counter() - start)
+    result = _result(cfg, workload, memory or (_report(probe) if measure_memory else None), evaluations,
+                     midway=midway, status=status, message=message, failed_phase=failed_phase,
+                     wall_time_s=time.perf_counter() - start)
     if timeline is not None and probe is not None:
         _save_timeline(probe, timeline)
     return result
 
 
+def _iteration_hook(workload: RLHFWorkload, probe: MemoryProbe, on_iteration: ProgressCallback | None,
+                    eval_steps: tuple[int, ...], midway: list[tuple[int, Evaluation]],
+                    measure_memory: bool) -> Callable[[IterationStats], None] | None:
+    """The workload's per-iteration callback: progress lines, and the learning curve's midway scores."""
+    if eval_steps and measure_memory:
+        raise ValueError("eval_steps is for reward runs (measure_memory=False): scoring would count as memory")
+    last = workload.cfg.workload.steps
+    wanted = {s for s in eval_steps if 0 < s < last}   # step 0 and the last step are scored anyway
+    if on_iteration is None and not wanted:
+        return None
+
+    def hook(stats: IterationStats) -> None:
+        if on_iteration is not None:
+            on_iteration(stats, probe)
+        if stats.step + 1 in wanted:
+            midway.append((stats.step + 1, workload.evaluate()))   # each phase sets the mode it needs
+    return hook
+
+
+def _points(initial: Evaluation | None, midway: list[tuple[int, Evaluation]], final: Evaluation | None,
+            steps: int) -> tuple[RewardPoint, ...]:
+    if initial is None or final is None:
+        return ()
+    scored = [(0, initial), *midway, (steps, final)]
+    return tuple(RewardPoint(step=step, seed_rewards=(e.mean,), prompt_se=e.se) for step, e in scored)
+
+
 def _result(cfg: TrialConfig, workload: RLHFWorkload | None, memory: MemoryReport | None,
-            evaluations: tuple[Evaluation, Evaluation] | None, *, status: str, message: str,
-            failed_phase: str | None, wall_time_s: float) -> TrialResult:
+            evaluations: tuple[Evaluation, Evaluation] | None, *, midway: list[tuple[int, Evaluation]],
+            status: str, message: str, failed_phase: str | None, wall_time_s: float) -> TrialResult:
     curve = tuple(getattr(workload, "reward_curve", ()))
     initial, final = evaluations or (None, None)
     times = list(getattr(workload, "step_times_s", ()))
@@ -145,6 +179,7 @@ def _result(cfg: TrialConfig, workload: RLHFWorkload | None, memory: MemoryRepor
         initial_reward=None if initial is None else initial.mean,
         reward=None if final is None else final.mean,
         reward_se=None if final is None else final.se,
+        reward_points=_points(initial, midway, final, cfg.workload.steps),
         step_time_s=step_time(times),
         wall_time_s=wall_time_s,
         versions=versions(deepspeed=cfg.uses_deepspeed),

@@ -27,13 +27,14 @@ from autotune import owner, schema
 from autotune.config import MemoryConfig, TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
-from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
+from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, MAX_REWARD_SEEDS, MAX_REWARD_STEPS
 from autotune.tuner import advisor, study as studies
 from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
 from autotune.tuner.launcher import Launcher, end_all
 from autotune.tuner.measure import Measurer
-from autotune.tuner.recommend import Policy, Recommendation, recommend_study, store_policy, write_outputs
+from autotune.tuner.recommend import (DEFAULT_MIN_KEPT, Policy, Recommendation, recommend_study, store_policy,
+                                      write_outputs)
 from autotune.tuner.scoring import score
 from autotune.tuner.space import SearchSpace, apply_params, distributions, params_for, suggest
 
@@ -70,10 +71,11 @@ class SearchSettings:
     tracking_uri: str | None = None
     track: bool = True
     policy: str = "min-memory"              # see autotune.tuner.recommend
-    min_reward_ratio: float = 0.98
+    min_reward_ratio: float = DEFAULT_MIN_KEPT   # min-memory: the share of the baseline's reward gain to keep
     reward_reference: str = "baseline"      # min-memory measures the ratio against "baseline" or "best"
     reward_proxy: str | None = None         # None: fidelity's choice (the full model where it runs)
-    reward_seeds: int = 1                   # training seeds each reward run averages
+    reward_seeds: int = DEFAULT_REWARD_SEEDS   # training seeds each reward run averages
+    reward_steps: int | None = None         # None: from DEFAULT_REWARD_STEPS, doubled until the baseline learns
     cpu_workers: int = 2                    # parallel planned trials without GPUs (each single-threaded)
     plan_memory: bool = False               # plan every trial's memory even where the host could run it
 
@@ -90,6 +92,7 @@ class SearchOutcome:
     memory_mode: str = "cpu"                # fidelity.MemoryMode of this invocation
     reward_runs: int = 0                    # reward runs this invocation started
     reward_hits: int = 0                    # trials whose reward came from the study's reward cache
+    settling_runs: int = 0                  # the baseline's reward runs that chose the reward runs' length
 
     @property
     def overhead_share(self) -> float:
@@ -159,6 +162,8 @@ def _check_numbers(settings: SearchSettings) -> None:
             problems.append(f"{key}: must be a positive, finite number, got {value}")
     if not 1 <= settings.reward_seeds <= MAX_REWARD_SEEDS:
         problems.append(f"reward_seeds: must be 1 to {MAX_REWARD_SEEDS}, got {settings.reward_seeds}")
+    if settings.reward_steps is not None and not 1 <= settings.reward_steps <= MAX_REWARD_STEPS:
+        problems.append(f"reward_steps: must be 1 to {MAX_REWARD_STEPS}, got {settings.reward_steps}")
     if not settings.min_reward_ratio <= 1:
         problems.append(f"min_reward_ratio: must be at most 1, got {settings.min_reward_ratio}")
     if settings.launcher.timeout_s is not None and not (math.isfinite(settings.launcher.timeout_s)
@@ -217,7 +222,8 @@ class Controller:
         self.measurer = Measurer(study=self.study, out_dir=studies.study_dir(settings.study), launcher=settings.launcher,
                                  budget_gb=self.budget_gb, gpus=settings.gpus, prescreen=settings.prescreen,
                                  reward_proxy=settings.reward_proxy, cancel=self.cancel, on_note=on_note,
-                                 force_planned=settings.plan_memory, reward_seeds=settings.reward_seeds)
+                                 force_planned=settings.plan_memory, reward_seeds=settings.reward_seeds,
+                                 reward_steps=settings.reward_steps)
         self.lock = threading.Lock()       # one ask/tell at a time keeps the surplus check exact per process
         # advisor proposals with the config each one changes
         self.pending: collections.deque[tuple[advisor.Proposal, TrialConfig]] = collections.deque()
@@ -525,7 +531,8 @@ class Controller:
         return SearchOutcome(records=tuple(records), recommendation=recommendation, trials_run=len(self._timings),
                              trial_wall_s=sum(t for t, _ in self._timings),
                              subprocess_s=sum(s for _, s in self._timings), memory_mode=self.measurer.mode,
-                             reward_runs=self.measurer.reward_runs, reward_hits=self.measurer.reward_hits)
+                             reward_runs=self.measurer.reward_runs, reward_hits=self.measurer.reward_hits,
+                             settling_runs=self.measurer.settling_runs)
 
     def _close(self, recommendation: Recommendation | None, status: str = "FINISHED",
                records: list[TrialRecord] | None = None) -> None:
@@ -541,7 +548,8 @@ class Controller:
                 "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(s.gpus) or "cpu",
                 "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url,
                 "budget_note": self.budget.note, "memory_mode": self.measurer.mode,
-                "reward_proxy": self.measurer.proxy or "none", "reward_seeds": s.reward_seeds, "policy": s.policy,
+                "reward_proxy": self.measurer.proxy or "none", "reward_seeds": s.reward_seeds,
+                "reward_steps": self.measurer.reward_steps or "trial's own", "policy": s.policy,
                 "min_reward_ratio": s.min_reward_ratio, "reward_reference": s.reward_reference}
 
 

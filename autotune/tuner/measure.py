@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STUDY_ATTR_BASELINE_PLAN = "autotune.baseline_plan"   # the baseline's full-size plan (TrialResult dict)
+STUDY_ATTR_REWARD_STEPS = "autotune.reward_steps"     # the reward runs' length, settled once per study
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,15 +44,19 @@ class Measurer:
 
     def __init__(self, *, study: Any, out_dir: Path, launcher: Launcher, budget_gb: float, gpus: tuple[str, ...],
                  prescreen: bool, reward_proxy: str | None, cancel: threading.Event,
-                 on_note: Callable[[str], None] | None = None, force_planned: bool = False, reward_seeds: int = 1):
+                 on_note: Callable[[str], None] | None = None, force_planned: bool = False, reward_seeds: int = 1,
+                 reward_steps: int | None = None):
         self.study, self.out_dir, self.launcher, self.budget_gb = study, out_dir, launcher, budget_gb
         self.gpus, self.prescreen, self.cancel = gpus, prescreen, cancel
         self.force_planned = force_planned and not gpus
         self.proxy: str | None = reward_proxy
         self.reward_seeds = reward_seeds
+        self.fixed_reward_steps = reward_steps     # None: settle the length on the baseline (`_settle_reward_steps`)
+        self.reward_steps: int | None = reward_steps
         self.mode: fidelity.MemoryMode = "gpu" if gpus else "cpu"
         self.host_need_gb: float | None = None
-        self.reward_runs = self.reward_hits = 0
+        self.reward_runs = self.reward_hits = 0   # for trials
+        self.settling_runs = 0                     # the baseline's runs that chose the length
         self._note = on_note or (lambda line: log.info("%s", line))
         self._key_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_lock = threading.Lock()
@@ -70,6 +75,7 @@ class Measurer:
         if self.gpus:
             self._note(f"memory: short real runs on GPU {','.join(self.gpus)} ({fidelity.MEMORY_ITERATIONS} "
                        f"iterations); reward: {self.proxy or baseline.model.actor} reward runs, one per reward key")
+            self._settle_reward_steps(baseline, gpu=self.gpus[0])
             return
         plan_dir = self.out_dir / "baseline-plan" / self.worker
         planned = self._plan(baseline, plan_dir)
@@ -99,6 +105,54 @@ class Measurer:
         reward = f"{self.proxy} proxy" if self.proxy else model
         self._note(f"memory: {fidelity.memory_label(model, 'planned')}, {why} ({need} of host memory needed, "
                    f"{available:.1f} GiB available); reward: {reward} reward runs, one per reward key")
+        self._settle_reward_steps(baseline, gpu=None)
+
+    def _settle_reward_steps(self, baseline: TrialConfig, *, gpu: str | None) -> None:
+        """Choose how long every reward run of the study trains: long enough for the baseline to learn.
+
+        A reward that has not moved cannot rank anything, so the baseline's reward run comes first:
+        while its gain over the untrained policy is under `gain.MIN_LEARNING_Z` standard errors, the
+        runs double, up to `MAX_REWARD_STEPS`. The length is stored in the study, so every worker and
+        every resume trains the same length (`--reward-steps` fixes it and only reports the check).
+        """
+        from autotune.rlhf.reward_run import DEFAULT_REWARD_STEPS, MAX_REWARD_STEPS
+        from autotune.tuner import gain
+
+        stored = self.study.user_attrs.get(STUDY_ATTR_REWARD_STEPS)
+        if stored is not None and self.fixed_reward_steps in (None, stored):
+            self.reward_steps = int(stored)
+            self._note(f"reward runs: {self._length()}, as this study settled them")
+            return
+        steps = self.fixed_reward_steps or DEFAULT_REWARD_STEPS
+        while True:
+            self.reward_steps = steps
+            outcome = self._reward(baseline, gpu, settling=True)
+            if outcome is None:   # cancelled: settle again on the next start
+                return
+            if not outcome.ok:
+                self._note(f"reward runs: {self._length()}; the baseline's run failed ({outcome.status}: "
+                           f"{outcome.message})")
+                break
+            check = gain.learning_from(outcome.points, steps=steps)
+            if check is None:
+                break
+            if check.learned:
+                self._note(f"reward runs: {self._length()}: the baseline's {check.describe()}")
+                break
+            if self.fixed_reward_steps is not None or steps * 2 > MAX_REWARD_STEPS:
+                cap = "as --reward-steps fixes" if self.fixed_reward_steps is not None else \
+                    f"the cap is {MAX_REWARD_STEPS} steps"
+                self._note(f"reward runs: {self._length()} ({cap}): the baseline's {check.describe()}; rewards will "
+                           "not be compared, and the recommendation rests on memory alone")
+                break
+            self._note(f"reward runs: {steps} steps are too short: the baseline's {check.describe()}; "
+                       f"doubling to {steps * 2} steps")
+            steps *= 2
+        self.study.set_user_attr(STUDY_ATTR_REWARD_STEPS, steps)
+
+    def _length(self) -> str:
+        seeds = f" x {self.reward_seeds} seeds" if self.reward_seeds > 1 else " x 1 seed"
+        return f"{self.reward_steps} steps{seeds}"
 
     def _no_baseline_plan(self, model: str, plan_dir: Path) -> None:
         """The baseline could not be planned: a small model still runs for real; a big one is an error."""
@@ -187,11 +241,13 @@ class Measurer:
             self._plans[key] = planned
         return self._plans[key]
 
-    def _reward(self, config: TrialConfig, gpu: str | None) -> RewardOutcome | None:
+    def _reward(self, config: TrialConfig, gpu: str | None, *, settling: bool = False) -> RewardOutcome | None:
         """The reward of `config`'s reward key: from the study's cache, else one reward run (None: cancelled)."""
         from autotune.rlhf.reward_run import reward_config, reward_key
         from autotune.tuner.reward_cache import RewardCache
 
+        if self.reward_steps is not None:   # set the length first: the key canonicalises against it
+            config = config.replace(**{"workload.steps": self.reward_steps})
         run_config = reward_config(config, proxy=self.proxy)
         key = reward_key(run_config, seeds=self.reward_seeds)
         with self._locks_lock:
@@ -200,14 +256,17 @@ class Measurer:
             cache = RewardCache(self.study)
             cached = cache.get(key)
             if cached is not None:
-                self.reward_hits += 1
+                self.reward_hits += not settling
                 return cached
             run_dir = self.out_dir / "rewards" / key / self.worker
             outcome = run_reward(run_config, run_dir, launcher=self.launcher, proxy_for=config.model.actor, gpu=gpu,
                                  cancel=self.cancel, seeds=self.reward_seeds)
             if outcome is None:
                 return None
-            self.reward_runs += 1
+            if settling:
+                self.settling_runs += 1
+            else:
+                self.reward_runs += 1
             if outcome.key != key:
                 log.warning("reward run %s reported key %s; caching it under %s", key, outcome.key, key)
                 outcome = dataclasses.replace(outcome, key=key)
@@ -224,7 +283,8 @@ def combine(config: TrialConfig, memory: TrialResult, outcome: RewardOutcome, *,
     return dataclasses.replace(
         memory, config_hash=config.config_hash(), status=status, message=message,
         reward_curve=tuple(outcome.reward_curve), initial_reward=outcome.initial_reward, reward=outcome.reward,
-        reward_se=outcome.reward_se, step_time_s=step_time_s, reward_source=outcome.label, reward_key=outcome.key)
+        reward_se=outcome.reward_se, reward_points=outcome.points, step_time_s=step_time_s,
+        reward_source=outcome.label, reward_key=outcome.key)
 
 
 def _over_budget(planned: TrialResult, budget_gb: float) -> TrialResult:

@@ -1,10 +1,15 @@
 """The recommendation: from the feasible Pareto front, one config, picked by a stated policy.
 
+Rewards are compared on the gain they keep (autotune.tuner.gain): the share of the baseline's gain
+over the untrained policy that a config keeps, with its standard error over training seeds. A reward
+comparison is made only once the baseline's reward run learned (its gain is at least
+`gain.MIN_LEARNING_Z` standard errors); otherwise the recommendation rests on memory alone and says so.
+
 Policies:
-  * ``min-memory`` (default): the lowest reserved peak among trials whose reward is at least
-    ``min_reward_ratio`` (0.98) of the reference reward (the baseline's by default, the best one
-    with ``reference="best"``), a shortfall within two standard errors counting as a tie. autotune
-    is a memory tuner: by default it keeps the baseline's reward and spends the rest on memory.
+  * ``min-memory`` (default): the lowest reserved peak among trials that keep the reward: the lower
+    bound of their kept gain (kept - 2 SE) is at or above ``min_reward_ratio`` (a non-inferiority
+    test, so noise never lets a riskier config through). The gain is the baseline's by default,
+    the best trial's with ``reference="best"``.
   * ``max-reward``: within the memory budget, the trials whose reward ties the best one (within
     two standard errors of the difference) compete on the lower reserved peak, then the higher
     reward, then the lower fragmentation.
@@ -22,12 +27,17 @@ from typing import Any
 
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import TrialRecord, TrialResult
+from autotune.tuner import gain
 from autotune.tuner.metrics import MAXIMIZED
 
 POLICIES = ("max-reward", "min-memory")
 REFERENCES = ("baseline", "best")
 STUDY_ATTR_POLICY = "autotune.policy"
 TIE_STANDARD_ERRORS = 2.0
+# The share of the baseline's reward gain a saver must keep, at its lower bound (kept - 2 SE). See
+# docs/RESULTS.md, "The reward floor": the corner of the default space keeps 0.94 of the gain after
+# 64 proxy steps, with a standard error of about 0.03 over two seeds.
+DEFAULT_MIN_KEPT = 0.9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,8 +45,8 @@ class Policy:
     """How a study picks its recommendation; stored in the study's user attributes."""
 
     name: str = "min-memory"
-    min_reward_ratio: float = 0.98
-    reference: str = "baseline"      # min-memory: the reward the ratio is measured against
+    min_reward_ratio: float = DEFAULT_MIN_KEPT   # min-memory: the share of the reference's reward gain to keep
+    reference: str = "baseline"      # min-memory: whose reward gain is the yardstick
 
     def check(self) -> None:
         """Raises ConfigError for an unknown policy or reference, or a ratio outside (0, 1]."""
@@ -57,6 +67,51 @@ class Recommendation:
     policy: str
     reason: str
     baseline_planned_gb: float | None = None   # the baseline's full-size plan, where it did not complete
+    rule: RewardRule | None = None             # how rewards were judged (None: no reward at all)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardRule:
+    """How a study judges rewards: against whose gain, at what floor, and whether the reward moved.
+
+    Attributes:
+        reference: The record whose gain over the untrained policy is the yardstick (the baseline).
+        reference_name: How outputs name it ("the baseline's").
+        floor: The share of that gain a config must keep, at its lower bound.
+        learning: The reference's reward run: its gain in standard errors; None without scores.
+    """
+
+    reference: TrialRecord | None
+    reference_name: str
+    floor: float
+    learning: gain.Learning | None
+
+    @property
+    def judged(self) -> bool:
+        """Rewards are compared only when the reference's run learned."""
+        return self.learning is not None and self.learning.learned
+
+    def kept(self, record: TrialRecord) -> gain.Estimate | None:
+        if self.reference is None:
+            return None
+        if record is self.reference:
+            return gain.Estimate(value=1.0, se=0.0)
+        return gain.kept(record.result, self.reference.result)
+
+    def keeps(self, record: TrialRecord) -> bool:
+        """The non-inferiority test: the kept gain's lower bound is at or above the floor."""
+        found = self.kept(record)
+        return found is not None and found.lower >= self.floor - 1e-12
+
+    def undecided(self, record: TrialRecord) -> bool:
+        """Keeps the floor on average, but its lower bound does not: more seeds or steps would tell."""
+        found = self.kept(record)
+        return found is not None and found.value >= self.floor and not self.keeps(record)
+
+    def why_unjudged(self) -> str:
+        if self.learning is None:
+            return "the reward runs have no untrained score to measure a gain from"
+        return f"the reward runs did not learn: {self.reference_name} {self.learning.describe()}"
 
 
 def _peak(r: TrialRecord) -> float:
@@ -105,7 +160,7 @@ def find_baseline(records: list[TrialRecord]) -> TrialRecord | None:
 
 
 def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_gb: float | None = None,
-              min_reward_ratio: float = 0.98, reference: str = "baseline",
+              min_reward_ratio: float = DEFAULT_MIN_KEPT, reference: str = "baseline",
               baseline_planned_gb: float | None = None) -> Recommendation:
     """Pick one trial from the feasible front.
 
@@ -120,40 +175,67 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
         raise NoFeasibleTrialError(f"no feasible completed trial{where} among {len(records)} trials")
     within = f"within the {budget_gb:g} GiB budget" if budget_gb is not None else "on the feasible front"
     baseline = find_baseline(records)
-    if policy == "max-reward":
+    rule = reward_rule(front, baseline, reference=reference, floor=min_reward_ratio)
+    if not rule.judged:
+        chosen = min(front, key=lambda r: (_peak(r), _frag(r)))
+        reason = (f"lowest peak ({_peak(chosen):.4g} GiB) {within}, on memory alone: "
+                  f"{rule.why_unjudged()}")
+    elif policy == "max-reward":
         best = max(front, key=_reward)
         tied = [r for r in front if _reward(r) >= _reward(best) - _tie_margin(r, best)]
         chosen = min(tied, key=lambda r: (_peak(r), -_reward(r), _frag(r)))
         reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {len(tied)} of {_trials(len(front))} {within} whose "
                   f"reward ties the best ({_reward(best):.4g}, within two standard errors)")
     else:
-        ref, ref_name = _reference(front, baseline, reference)
-        floor = _reward(ref) - (1 - min_reward_ratio) * abs(_reward(ref))  # a ratio that also works for negative rewards
-        eligible = [r for r in front if _reward(r) >= floor - _tie_margin(r, ref)]
-        if eligible:
-            chosen = min(eligible, key=lambda r: (_peak(r), -_reward(r), _frag(r)))
-            reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {_trials(len(eligible))} {within} whose reward is "
-                      f"at least {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}), within two standard errors")
-        else:   # e.g. the baseline is over the budget and every trial within it scores lower
-            chosen = min(front, key=lambda r: (-_reward(r), _peak(r), _frag(r)))
-            reason = (f"no trial {within} keeps {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}); "
-                      f"the highest reward instead ({_reward(chosen):.4g})")
+        chosen, reason = _min_memory(front, rule, within)
     return Recommendation(record=chosen, baseline=baseline, policy=policy, reason=reason,
-                          baseline_planned_gb=baseline_planned_gb)
+                          baseline_planned_gb=baseline_planned_gb, rule=rule)
+
+
+def reward_rule(front: list[TrialRecord], baseline: TrialRecord | None, *, reference: str = "baseline",
+                floor: float = DEFAULT_MIN_KEPT) -> RewardRule:
+    """Whose gain the front is judged against, and whether that run learned."""
+    if reference == "baseline" and baseline is not None and baseline.result.reward is not None:
+        ref, name = baseline, "the baseline's"
+    else:
+        scored = [r for r in front if r.result.reward is not None]
+        ref = max(scored, key=_reward) if scored else None
+        name = "the best trial's" if reference == "best" else "the best trial's (the baseline has no reward)"
+    learning = gain.learning(ref.result) if ref is not None else None
+    return RewardRule(reference=ref, reference_name=name, floor=floor, learning=learning)
+
+
+def _min_memory(front: list[TrialRecord], rule: RewardRule, within: str) -> tuple[TrialRecord, str]:
+    """The lowest peak that keeps the reward gain; the highest kept gain where none does."""
+    eligible = [r for r in front if rule.keeps(r)]
+    floor = f"{rule.floor:g} of {rule.reference_name} reward gain"
+    if not eligible:   # e.g. the baseline is over the budget and every trial within it keeps less
+        chosen = max(front, key=lambda r: (_kept_value(rule, r), -_peak(r)))
+        return chosen, (f"no trial {within} keeps {floor} at its lower bound; the most kept "
+                        f"instead ({_describe_kept(rule.kept(chosen))})")
+    chosen = min(eligible, key=lambda r: (_peak(r), -_kept_value(rule, r), _frag(r)))
+    reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {_trials(len(eligible))} {within} that keep at least "
+              f"{floor} (kept - 2 SE)")
+    undecided = [r for r in front if rule.undecided(r) and _peak(r) < _peak(chosen)]
+    if undecided:
+        numbers = ", ".join(f"#{r.number}" for r in undecided)
+        reason += (f"; {_trials(len(undecided))} with a lower peak ({numbers}) keep{'s' if len(undecided) == 1 else ''} "
+                   f"it on average but not at the lower bound: more seeds (--reward-seeds) or longer reward runs "
+                   f"(--reward-steps) would settle {'it' if len(undecided) == 1 else 'them'}")
+    return chosen, reason
+
+
+def _kept_value(rule: RewardRule, record: TrialRecord) -> float:
+    found = rule.kept(record)
+    return found.value if found is not None else -math.inf
+
+
+def _describe_kept(found: gain.Estimate | None) -> str:
+    return "kept gain unknown" if found is None else f"keeps {found.describe('.2f')} of the gain"
 
 
 def _trials(n: int) -> str:
     return f"{n} trial{'s' if n != 1 else ''}"
-
-
-def _reference(front: list[TrialRecord], baseline: TrialRecord | None, reference: str) -> tuple[TrialRecord, str]:
-    """The record min-memory measures the ratio against, and its name for the reason."""
-    if reference == "baseline" and baseline is not None and baseline.result.reward is not None:
-        return baseline, "baseline's reward"
-    best = max(front, key=_reward)
-    if reference == "baseline":
-        return best, "best reward (the baseline has no reward)"
-    return best, "best reward"
 
 
 def store_policy(study: Any, policy: Policy) -> None:
@@ -199,10 +281,15 @@ def sources(result: TrialResult) -> str:
     return "; ".join(parts)
 
 
-def _row(r: TrialRecord) -> dict[str, object]:
+def _row(r: TrialRecord, rule: RewardRule | None = None) -> dict[str, object]:
     memory = r.result.memory
+    kept = rule.kept(r) if rule is not None else None
     return {
         "number": r.number, "objectives": r.objectives, "reward": r.result.reward, "reward_se": r.result.reward_se,
+        "initial_reward": r.result.initial_reward,
+        "kept_gain": None if kept is None else kept.value, "kept_gain_se": None if kept is None else kept.se,
+        "keeps_reward": None if rule is None or not rule.judged else rule.keeps(r),
+        "reward_points": [{"step": p.step, "rewards": list(p.seed_rewards)} for p in r.result.reward_points],
         "peak_reserved_gb": None if memory is None else memory.peak_reserved_gb,
         "fragmentation": None if memory is None else memory.fragmentation,
         "step_time_s": r.result.step_time_s, "config_hash": r.result.config_hash,
@@ -216,16 +303,58 @@ def write_outputs(recommendation: Recommendation, records: list[TrialRecord], ou
     out_dir.mkdir(parents=True, exist_ok=True)
     pareto_path, yaml_path = out_dir / "pareto.json", out_dir / "recommended.yaml"
     chosen = recommendation.record
+    rule = recommendation.rule
     doc = {"policy": recommendation.policy, "reason": recommendation.reason, "recommended": chosen.number,
            "memory_source": chosen.result.memory_source, "reward_source": chosen.result.reward_source,
-           "front": [_row(r) for r in pareto_front(records)]}
+           "reward_rule": _rule_doc(rule), "front": [_row(r, rule) for r in pareto_front(records)]}
     tmp = pareto_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(pareto_path)
     header = [f"# autotune recommendation: trial #{chosen.number}, policy {recommendation.policy}"]
     header += [f"# {line}" for line in sources(chosen.result).split("; ") if line]
+    header += [f"# {line}" for line in reward_lines(recommendation)]
     yaml_path.write_text("\n".join(header) + "\n" + chosen.config.dump())
     return pareto_path, yaml_path
+
+
+def _rule_doc(rule: RewardRule | None) -> dict[str, object] | None:
+    if rule is None:
+        return None
+    learning = rule.learning
+    return {"judged": rule.judged, "floor": rule.floor, "reference": rule.reference_name,
+            "min_learning_z": gain.MIN_LEARNING_Z, "bound_z": gain.BOUND_Z,
+            "reference_gain": None if learning is None else learning.gain.value,
+            "reference_gain_se": None if learning is None else learning.gain.se,
+            "reference_gain_z": None if learning is None else learning.gain.z,
+            "summary": None if learning is None else learning.describe()}
+
+
+def reward_lines(recommendation: Recommendation) -> list[str]:
+    """What the reward says about the choice, as plain lines: the gain kept, or why none is judged."""
+    rule, rec = recommendation.rule, recommendation.record
+    if rule is None or rec.result.reward is None:
+        return []
+    if not rule.judged:
+        return [f"reward: not compared ({rule.why_unjudged()}); this recommendation rests on memory alone"]
+    found = rule.kept(rec)
+    kept = "unknown" if found is None else f"{found.describe('.2f')} (lower bound {found.lower:.2f})"
+    lines = [f"reward: keeps {kept} of {rule.reference_name} reward gain; floor {rule.floor:g}"]
+    if rule.learning is not None:
+        lines.append(f"reward runs: {rule.reference_name} {rule.learning.describe()}")
+    return lines
+
+
+def _curve_line(recommendation: Recommendation) -> str | None:
+    """The kept gain along the run, and whether it is still rising at the end."""
+    rule, rec = recommendation.rule, recommendation.record
+    if rule is None or not rule.judged or rule.reference is None or rec is rule.reference:
+        return None
+    curve = gain.kept_curve(rec.result, rule.reference.result)
+    if len(curve) < 2:
+        return None
+    text = ", ".join(f"{est.value:.2f} ± {est.se:.2f} at step {step}" for step, est in curve)
+    trend = "; still catching up (longer runs may close the gap)" if gain.catching_up(curve) else ""
+    return f"kept gain {text}{trend}"
 
 
 def _change(new: float | None, old: float | None, unit: str = "") -> str:
@@ -266,8 +395,7 @@ def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     if sources(rec.result):
         lines.append(f"  sources         {sources(rec.result)}")
     if rec.result.reward is not None:
-        se = f" ± {rec.result.reward_se:.2g}" if rec.result.reward_se else ""
-        lines.append(f"  reward          {rec.result.reward:.4g}{se}{_change(rec.result.reward, base_reward)}")
+        lines += _reward_summary(recommendation, base_reward)
     if mem is not None:
         lines.append(f"  peak reserved   {mem.peak_reserved_gb:.4g} GiB{_change(mem.peak_reserved_gb, base_peak, ' GiB')}")
         lines.append(f"  fragmentation   {mem.fragmentation:.1%}")
@@ -280,3 +408,26 @@ def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     lines += notes
     lines.append(f"  why: {recommendation.reason}")
     return "\n".join(lines)
+
+
+def _reward_summary(recommendation: Recommendation, base_reward: float | None) -> list[str]:
+    """The summary's reward lines: the kept gain with its bound and curve, or why rewards were not compared."""
+    rec, rule = recommendation.record, recommendation.rule
+    se = f" ± {rec.result.reward_se:.2g}" if rec.result.reward_se else ""
+    untrained = f"untrained {rec.result.initial_reward:.4g}" if rec.result.initial_reward is not None else ""
+    baseline = f"baseline {base_reward:.4g}" if base_reward is not None else ""
+    context = "; ".join(filter(None, (untrained, baseline)))
+    lines = [f"  reward          {rec.result.reward:.4g}{se}" + (f" ({context})" if context else "")]
+    if rule is None or not rule.judged:
+        why = rule.why_unjudged() if rule is not None else "no reward rule"
+        return lines + [f"  reward gain     not compared: {why}", "                  this recommendation rests on memory alone"]
+    found = rule.kept(rec)
+    if found is not None:
+        lines.append(f"  reward gain     keeps {found.describe('.2f')} of {rule.reference_name} gain "
+                     f"(lower bound {found.lower:.2f}, floor {rule.floor:g})")
+    curve = _curve_line(recommendation)
+    if curve:
+        lines.append(f"  learning curve  {curve}")
+    if rule.learning is not None:
+        lines.append(f"  reward runs     {rule.reference_name} {rule.learning.describe()}")
+    return lines

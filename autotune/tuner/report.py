@@ -22,22 +22,36 @@ def front_table(records: list[TrialRecord], recommendation: Recommendation | Non
     from rich.table import Table
 
     front = pareto_front(records)
+    rule = recommendation.rule if recommendation is not None else None
     table = Table(title=f"Pareto front: {len(front)} of {len(records)} trials",
-                  caption=_sources_caption(front))
-    for name in ("#", "reward", "± se", "peak reserved GiB", "fragmentation", "step s", "optimizer", "why tried"):
+                  caption="\n".join(filter(None, (_sources_caption(front), _rule_caption(recommendation)))))
+    for name in ("#", "reward", "± se", "gain kept", "peak reserved GiB", "fragmentation", "step s", "optimizer",
+                 "why tried"):
         table.add_column(name, justify="left" if name in ("optimizer", "why tried") else "right")
     chosen = recommendation.record.number if recommendation is not None else None
     for r in front:
         mem = r.result.memory
         opt = r.config.optimizer
+        kept = rule.kept(r) if rule is not None and rule.judged else None
         table.add_row(
             f"{'*' if r.number == chosen else ''}{r.number}", _fmt(r.result.reward, ".4g"), _fmt(r.result.reward_se, ".2g"),
+            "-" if kept is None else f"{kept.describe('.2f')}{'' if rule.keeps(r) else ' (under)'}",
             _fmt(None if mem is None else mem.peak_reserved_gb, ".4g"),
             _fmt(None if mem is None else mem.fragmentation, ".1%"), _fmt(r.result.step_time_s, ".3g"),
             opt.name if opt.name == "adamw" else f"frugal {opt.partition.density:g}", r.advisor_reason or "sampled")
     buffer = io.StringIO()
     Console(file=buffer, width=120, force_terminal=False).print(table)
     return buffer.getvalue().rstrip()
+
+
+def _rule_caption(recommendation: Recommendation | None) -> str:
+    """How rewards were judged: the kept gain against the floor, or why they were not compared."""
+    if recommendation is None:
+        return ""
+    from autotune.tuner.recommend import reward_lines
+
+    return "\n".join(reward_lines(recommendation)[1:] if recommendation.rule and recommendation.rule.judged
+                     else reward_lines(recommendation))
 
 
 def _sources_caption(front: list[TrialRecord]) -> str:

@@ -10,7 +10,7 @@ from transformers import DynamicCache, PreTrainedTokenizerFast
 
 from autotune.errors import ConfigError
 from autotune.rlhf.models import build_policy
-from autotune.rlhf.tasks import TASKS, Task, get_task
+from autotune.rlhf.tasks import TOKEN_TASKS as TASKS, Task, get_task
 
 # vocab 16: every task's window is 16 // 8 = 2 ids.
 PROMPTS = torch.tensor([[5, 9, 9], [0, 1, 2]])

@@ -17,6 +17,8 @@ from tests.tuner.tuner_helpers import BUDGET_GB, ci_space, fake_launcher
 def _settings(study: str, n: int, **kw: object) -> SearchSettings:
     kw.setdefault("launcher", fake_launcher())
     kw.setdefault("budget_gb", BUDGET_GB)
+    kw.setdefault("reward_steps", 4)    # the ci-tiny workload's own length, one seed: what these tests count
+    kw.setdefault("reward_seeds", 1)
     return SearchSettings(study=study, space=ci_space(), n_trials=n, track=False, seed=0, heartbeat_interval_s=1,
                           **kw)  # type: ignore[arg-type]
 
@@ -53,8 +55,10 @@ def test_a_model_the_host_cannot_hold_is_planned_never_launched(tmp_path: Path, 
     assert all(r.result.memory_source == "llama-tiny, planned (simulator)" for r in records)
     # one reward run per reward key, every other trial with that key reads it from the study's cache
     keys = [r.result.reward_key for r in records if r.result.reward_key]
-    runs = log.read_text().split()
-    assert sorted(runs) == sorted(set(keys)) and outcome.reward_runs == len(runs)
+    runs = [line.split()[0] for line in log.read_text().splitlines()]
+    # the baseline's key ran first, to set the runs' length (its trial then reads it from the cache)
+    assert sorted(runs) == sorted(set(keys)) and outcome.reward_runs + outcome.settling_runs == len(runs)
+    assert outcome.settling_runs == 1
     assert outcome.reward_runs + outcome.reward_hits == len(keys) == 8
     by_key: dict[str, float] = {}
     for r in records:
@@ -136,7 +140,7 @@ def test_a_failed_reward_run_fails_its_trials_and_is_not_retried(tmp_path: Path,
     within = [r for r in records if r.result.status != "prescreened"]   # the over-budget baseline stays so
     assert within and all(r.result.status == "error" and "reward run error: failed on purpose" in r.result.message
                           for r in within)
-    runs = log.read_text().split()
+    runs = log.read_text().splitlines()
     assert len(runs) == len(set(runs))   # a stored failure is read back, not rerun
 
 
@@ -167,3 +171,41 @@ def test_the_corner_trial_takes_every_saver_the_space_offers(tmp_path: Path, mon
     records = load_records("corner")
     assert [r.advisor_reason for r in records] == ["baseline", CORNER_REASON]
     assert records[1].config == corner.replace(device_memory_gb=BUDGET_GB)   # the budget sizes the simulated device
+
+
+def test_reward_runs_double_until_the_baseline_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 0.5)
+    log = tmp_path / "rewards.log"
+    monkeypatch.setenv("FAKE_REWARD_LOG", str(log))
+    monkeypatch.setenv("FAKE_REWARD_LEARNS_AT", "64")
+    notes: list[str] = []
+    run_search(_settings("longer", 3, reward_proxy="llama-small", reward_steps=None, reward_seeds=2),
+               on_note=notes.append)
+    steps = [int(line.split()[1]) for line in log.read_text().splitlines()]
+    assert steps[:2] == [32, 64] and set(steps[2:]) <= {64}   # the baseline at 32, then 64; every other run at 64
+    assert any("32 steps are too short" in n and "doubling to 64 steps" in n for n in notes)
+    assert any(n.startswith("reward runs: 64 steps x 2 seeds: the baseline's gain") and n.endswith(": learned")
+               for n in notes)
+    scored = [r for r in load_records("longer") if r.result.reward_key]
+    assert scored and all(r.result.reward_source == "llama-small proxy, 64 steps, 2 seeds" for r in scored)
+    # a resume trains the same length without settling again
+    log.unlink()
+    notes.clear()
+    run_search(_settings("longer", 4, reward_proxy="llama-small", reward_steps=None, reward_seeds=2),
+               on_note=notes.append)
+    assert any("64 steps x 2 seeds, as this study settled them" in n for n in notes)
+    assert all(int(line.split()[1]) == 64 for line in log.read_text().splitlines())
+
+
+def test_a_baseline_that_never_learns_leaves_the_choice_to_memory(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _host(monkeypatch, 0.5)
+    monkeypatch.setenv("FAKE_REWARD_LEARNS_AT", "1000000")
+    notes: list[str] = []
+    outcome = run_search(_settings("flat", 3, reward_proxy="llama-small", reward_steps=None, reward_seeds=2,
+                                   budget_gb=1.0), on_note=notes.append)
+    assert any("256 steps x 2 seeds (the cap is 256 steps)" in n and "rests on memory alone" in n for n in notes)
+    assert outcome.recommendation is not None and "on memory alone" in outcome.recommendation.reason
+    assert "did not learn" in outcome.recommendation.reason

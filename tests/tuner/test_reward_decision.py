@@ -1,0 +1,89 @@
+"""The reward decision on real reward runs: it catches a broken optimizer, and a rerun with another
+float path (another summation order) makes the same recommendation.
+
+llama-tiny reward runs of the default workload, at two training seeds, as a search makes them. The
+memory figures are set by hand (the decision's reward side is what is under test).
+"""
+from __future__ import annotations
+
+import pytest
+
+from autotune.config import TrialConfig
+from autotune.memory.report import GiB, MemoryReport, PhaseMemory
+from autotune.result import TrialRecord, TrialResult
+from autotune.rlhf.reward_run import RewardOutcome, run_reward
+from autotune.tuner import gain
+from autotune.tuner.recommend import DEFAULT_MIN_KEPT, recommend
+
+pytestmark = pytest.mark.slow
+
+STEPS = 32
+SEEDS = 2
+BASE = TrialConfig().replace(**{"workload.steps": STEPS})
+CONFIGS = {
+    "baseline": (BASE, 10.0),
+    # the low-memory corner: FRUGAL with no state-full Linear layer on both models
+    "corner": (BASE.replace(**{"optimizer.name": "frugal", "optimizer.critic": "frugal",
+                               "optimizer.partition.density": 0.0}), 5.0),
+    # a negative control: the state-free update ten times too large, known to wreck learning
+    "broken": (BASE.replace(**{"optimizer.name": "frugal", "optimizer.critic": "frugal",
+                               "optimizer.partition.density": 0.0,
+                               "optimizer.partition.state_free_lr_scale": 10.0}), 3.0),
+}
+# Another float path for the same arithmetic: gradients summed over micro-batches of 4 instead of
+# one batch of 8 (the loss is a mean over the batch either way), so every sum rounds differently.
+PERTURBED = {"workload.micro_batch": 4}
+
+
+def _record(number: int, name: str, outcome: RewardOutcome, peak_gb: float, cfg: TrialConfig) -> TrialRecord:
+    reserved = int(peak_gb * GiB)
+    phase = PhaseMemory(name="actor_train", peak_allocated_bytes=reserved, peak_reserved_bytes=reserved,
+                        end_allocated_bytes=0, end_reserved_bytes=0, wall_time_s=1.0)
+    memory = MemoryReport(backend="cpu", phases=(phase,), peak_allocated_bytes=reserved, peak_reserved_bytes=reserved)
+    result = TrialResult(config_hash=cfg.config_hash(), status="ok", backend="cpu", memory=memory,
+                         reward=outcome.reward, reward_se=outcome.reward_se, initial_reward=outcome.initial_reward,
+                         reward_points=outcome.points)
+    return TrialRecord(number=number, config=cfg, result=result, feasible=True,
+                       advisor_reason="baseline" if name == "baseline" else None,
+                       objectives={"reward": outcome.reward, "peak_reserved_gb": peak_gb})
+
+
+def _study(overrides: dict[str, object]) -> list[TrialRecord]:
+    records = []
+    for number, (name, (cfg, peak)) in enumerate(CONFIGS.items()):
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        outcome = run_reward(cfg, seeds=SEEDS)
+        assert outcome.ok, outcome.message
+        records.append(_record(number, name, outcome, peak, cfg))
+    return records
+
+
+@pytest.fixture(scope="module")
+def plain() -> list[TrialRecord]:
+    return _study({})
+
+
+@pytest.fixture(scope="module")
+def perturbed() -> list[TrialRecord]:
+    return _study(PERTURBED)
+
+
+def test_the_baseline_learns_so_the_rewards_are_compared(plain: list[TrialRecord]) -> None:
+    check = gain.learning(plain[0].result)
+    assert check is not None and check.learned, check.describe()
+    assert check.seeds == SEEDS and len(plain[0].result.reward_points) == 4   # step 0, 1/4, 1/2, the end
+
+
+def test_a_broken_optimizer_falls_below_the_floor_by_more_than_two_standard_errors(plain: list[TrialRecord]) -> None:
+    broken = gain.kept(plain[2].result, plain[0].result)
+    assert broken is not None and broken.upper < DEFAULT_MIN_KEPT, broken.describe()
+    assert recommend(plain, policy="min-memory").record.number != 2
+
+
+def test_another_float_path_makes_the_same_recommendation(plain: list[TrialRecord],
+                                                         perturbed: list[TrialRecord]) -> None:
+    # the perturbation acts: the rewards differ in their bits
+    assert [r.result.reward for r in plain] != [r.result.reward for r in perturbed]
+    first, second = recommend(plain, policy="min-memory"), recommend(perturbed, policy="min-memory")
+    assert first.rule is not None and first.rule.judged and second.rule is not None and second.rule.judged
+    assert first.record.number == second.record.number, (first.reason, second.reason)
