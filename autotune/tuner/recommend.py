@@ -1,10 +1,14 @@
 """The recommendation: from the feasible Pareto front, one config, picked by a stated policy.
 
 Policies:
-  * ``min-memory`` (default): the lowest reserved peak among trials whose reward is at least
+  * ``fastest`` (default): among the feasible trials within the budget whose reward qualifies (the
+    rule min-memory uses, `_eligible`), the lowest step time (measured, else predicted by
+    autotune.tuner.step_time), ties to the lower peak. A production run wants the quickest config
+    that fits and keeps the reward, not memory savers it does not need. Step time is not an
+    objective of the default space, so it picks from every feasible trial, not only the front.
+  * ``min-memory``: the lowest reserved peak among trials whose reward is at least
     ``min_reward_ratio`` (0.98) of the reference reward (the baseline's by default, the best one
-    with ``reference="best"``), a shortfall within two standard errors counting as a tie. autotune
-    is a memory tuner: by default it keeps the baseline's reward and spends the rest on memory.
+    with ``reference="best"``), a shortfall within two standard errors counting as a tie.
   * ``max-reward``: within the memory budget, the trials whose reward ties the best one (within
     two standard errors of the difference) compete on the lower reserved peak, then the higher
     reward, then the lower fragmentation.
@@ -24,7 +28,7 @@ from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import TrialRecord, TrialResult
 from autotune.tuner.metrics import MAXIMIZED
 
-POLICIES = ("max-reward", "min-memory")
+POLICIES = ("fastest", "max-reward", "min-memory")
 REFERENCES = ("baseline", "best")
 STUDY_ATTR_POLICY = "autotune.policy"
 TIE_STANDARD_ERRORS = 2.0
@@ -34,9 +38,9 @@ TIE_STANDARD_ERRORS = 2.0
 class Policy:
     """How a study picks its recommendation; stored in the study's user attributes."""
 
-    name: str = "min-memory"
+    name: str = "fastest"
     min_reward_ratio: float = 0.98
-    reference: str = "baseline"      # min-memory: the reward the ratio is measured against
+    reference: str = "baseline"      # min-memory, fastest: the reward the ratio is measured against
 
     def check(self) -> None:
         """Raises ConfigError for an unknown policy or reference, or a ratio outside (0, 1]."""
@@ -57,6 +61,7 @@ class Recommendation:
     policy: str
     reason: str
     baseline_planned_gb: float | None = None   # the baseline's full-size plan, where it did not complete
+    budget_gb: float | None = None             # the budget it was picked within
 
 
 def _peak(r: TrialRecord) -> float:
@@ -65,6 +70,10 @@ def _peak(r: TrialRecord) -> float:
 
 def _frag(r: TrialRecord) -> float:
     return r.result.memory.fragmentation if r.result.memory is not None else math.inf
+
+
+def _step(r: TrialRecord) -> float:
+    return r.result.step_time_s if r.result.step_time_s is not None else math.inf
 
 
 def _reward(r: TrialRecord) -> float:
@@ -104,7 +113,7 @@ def find_baseline(records: list[TrialRecord]) -> TrialRecord | None:
     return next((r for r in records if r.advisor_reason == "baseline"), None)
 
 
-def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_gb: float | None = None,
+def recommend(records: list[TrialRecord], *, policy: str = "fastest", budget_gb: float | None = None,
               min_reward_ratio: float = 0.98, reference: str = "baseline",
               baseline_planned_gb: float | None = None) -> Recommendation:
     """Pick one trial from the feasible front.
@@ -115,6 +124,9 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
     """
     Policy(name=policy, min_reward_ratio=min_reward_ratio, reference=reference).check()
     front = [r for r in pareto_front(records) if budget_gb is None or _peak(r) <= budget_gb]
+    if policy == "fastest":   # step time is no objective of the front: every feasible trial competes
+        front = [r for r in records if r.feasible and r.result.ok and r.objectives
+                 and (budget_gb is None or _peak(r) <= budget_gb)]
     if not front:
         where = f" within {budget_gb:g} GiB" if budget_gb is not None else ""
         raise NoFeasibleTrialError(f"no feasible completed trial{where} among {len(records)} trials")
@@ -128,9 +140,14 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
                   f"reward ties the best ({_reward(best):.4g}, within two standard errors)")
     else:
         ref, ref_name = _reference(front, baseline, reference)
-        floor = _reward(ref) - (1 - min_reward_ratio) * abs(_reward(ref))  # a ratio that also works for negative rewards
-        eligible = [r for r in front if _reward(r) >= floor - _tie_margin(r, ref)]
-        if eligible:
+        eligible = _eligible(front, ref, min_reward_ratio)
+        timed = [r for r in eligible if r.result.step_time_s is not None]
+        if policy == "fastest" and timed:
+            chosen = min(timed, key=lambda r: (_step(r), _peak(r), -_reward(r)))
+            reason = (f"lowest step time ({_step(chosen):.3g} s, {chosen.result.step_time_source or 'measured'}) "
+                      f"among {_trials(len(timed))} {within} whose reward is at least {min_reward_ratio:g} of the "
+                      f"{ref_name} ({_reward(ref):.4g}), within two standard errors")
+        elif eligible:
             chosen = min(eligible, key=lambda r: (_peak(r), -_reward(r), _frag(r)))
             reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {_trials(len(eligible))} {within} whose reward is "
                       f"at least {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}), within two standard errors")
@@ -139,7 +156,14 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
             reason = (f"no trial {within} keeps {min_reward_ratio:g} of the {ref_name} ({_reward(ref):.4g}); "
                       f"the highest reward instead ({_reward(chosen):.4g})")
     return Recommendation(record=chosen, baseline=baseline, policy=policy, reason=reason,
-                          baseline_planned_gb=baseline_planned_gb)
+                          baseline_planned_gb=baseline_planned_gb, budget_gb=budget_gb)
+
+
+def _eligible(pool: list[TrialRecord], ref: TrialRecord, min_reward_ratio: float) -> list[TrialRecord]:
+    """The trials of `pool` whose reward keeps `min_reward_ratio` of `ref`'s, a shortfall within two
+    standard errors counting as a tie: the one reward rule of min-memory and fastest."""
+    floor = _reward(ref) - (1 - min_reward_ratio) * abs(_reward(ref))  # a ratio that also works for negative rewards
+    return [r for r in pool if _reward(r) >= floor - _tie_margin(r, ref)]
 
 
 def _trials(n: int) -> str:
@@ -194,8 +218,9 @@ def recommend_study(study: Any, records: list[TrialRecord] | None = None, *,
 
 
 def sources(result: TrialResult) -> str:
-    """"memory: ...; reward: ..." for a result that names its sources; "" otherwise."""
-    parts = [f"{name}: {src}" for name, src in (("memory", result.memory_source), ("reward", result.reward_source)) if src]
+    """"memory: ...; reward: ...; step time: ..." for a result that names its sources; "" otherwise."""
+    parts = [f"{name}: {src}" for name, src in (("memory", result.memory_source), ("reward", result.reward_source),
+                                                ("step time", result.step_time_source)) if src]
     return "; ".join(parts)
 
 
@@ -205,20 +230,29 @@ def _row(r: TrialRecord) -> dict[str, object]:
         "number": r.number, "objectives": r.objectives, "reward": r.result.reward, "reward_se": r.result.reward_se,
         "peak_reserved_gb": None if memory is None else memory.peak_reserved_gb,
         "fragmentation": None if memory is None else memory.fragmentation,
-        "step_time_s": r.result.step_time_s, "config_hash": r.result.config_hash,
+        "step_time_s": r.result.step_time_s, "step_time_source": r.result.step_time_source,
+        "predicted_step_time_s": r.result.predicted_step_time_s, "step_time_ratio": r.result.step_time_ratio,
+        "config_hash": r.result.config_hash,
         "memory_source": r.result.memory_source, "reward_source": r.result.reward_source,
         "advisor_reason": r.advisor_reason, "config": r.config.to_dict(),
     }
 
 
-def write_outputs(recommendation: Recommendation, records: list[TrialRecord], out_dir: Path) -> tuple[Path, Path]:
-    """Write `pareto.json` (the front and the choice) and `recommended.yaml` (a full TrialConfig)."""
+def write_outputs(recommendation: Recommendation, records: list[TrialRecord], out_dir: Path, *,
+                  by_gpu: list[dict[str, object]] | None = None) -> tuple[Path, Path]:
+    """Write `pareto.json` (the front, the choice and, if given, the per-GPU table of
+    autotune.tuner.by_gpu) and `recommended.yaml` (a full TrialConfig)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pareto_path, yaml_path = out_dir / "pareto.json", out_dir / "recommended.yaml"
     chosen = recommendation.record
     doc = {"policy": recommendation.policy, "reason": recommendation.reason, "recommended": chosen.number,
            "memory_source": chosen.result.memory_source, "reward_source": chosen.result.reward_source,
+           "step_time_source": chosen.result.step_time_source,
            "front": [_row(r) for r in pareto_front(records)]}
+    if chosen not in pareto_front(records):   # fastest picks beyond the front: its row must be there too
+        doc["recommended_row"] = _row(chosen)
+    if by_gpu is not None:
+        doc["by_gpu"] = by_gpu
     tmp = pareto_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(pareto_path)
@@ -252,17 +286,27 @@ def _baseline_lines(base: TrialRecord | None, planned_gb: float | None) -> tuple
             "no memory comparison"], None, reward
 
 
+def _baseline_fits(recommendation: Recommendation) -> list[str]:
+    """The first line when the baseline completed within the budget: nothing needs to change."""
+    base, budget = recommendation.baseline, recommendation.budget_gb
+    if base is None or budget is None or not (base.feasible and base.result.ok) or _peak(base) > budget:
+        return []
+    return [f"the baseline (AdamW, no interventions) fits the {budget:g} GiB budget with "
+            f"{budget - _peak(base):.1f} GiB to spare; nothing needs to change."]
+
+
 def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     """A short human summary: the chosen trial, its figures and sources, its gain over the baseline, and why.
 
     Args:
         recommendation: from `recommend` or `recommend_study`.
-        cost: the predicted step-time cost of its savers (autotune.tuner.cost), if known.
+        cost: the predicted step time of the chosen config by phase (autotune.tuner.step_time), if known.
     """
     rec = recommendation.record
     mem = rec.result.memory
     notes, base_peak, base_reward = _baseline_lines(recommendation.baseline, recommendation.baseline_planned_gb)
-    lines = [f"Recommended: trial #{rec.number} ({rec.advisor_reason or 'sampled'}), policy {recommendation.policy}"]
+    lines = _baseline_fits(recommendation)
+    lines.append(f"Recommended: trial #{rec.number} ({rec.advisor_reason or 'sampled'}), policy {recommendation.policy}")
     if sources(rec.result):
         lines.append(f"  sources         {sources(rec.result)}")
     if rec.result.reward is not None:
@@ -274,9 +318,13 @@ def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     base = recommendation.baseline
     if rec.result.step_time_s is not None:
         base_step = base.result.step_time_s if base is not None else None
-        lines.append(f"  step time       {rec.result.step_time_s:.3g} s measured{_change(rec.result.step_time_s, base_step)}")
+        source = rec.result.step_time_source or "measured"
+        ratio = rec.result.step_time_ratio
+        vs = f"; {ratio:.2f}x the prediction" if ratio is not None else ""
+        lines.append(f"  step time       {rec.result.step_time_s:.3g} s {source}{_change(rec.result.step_time_s, base_step)}"
+                     f"{vs}")
     if cost:
-        lines.append(f"  step-time cost  predicted: {cost}")
+        lines.append(f"  step time by phase  {cost}")
     lines += notes
     lines.append(f"  why: {recommendation.reason}")
     return "\n".join(lines)

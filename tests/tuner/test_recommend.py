@@ -134,7 +134,7 @@ def test_outputs_name_the_sources(tmp_path: Path) -> None:
                   reward_source="smollm2-135m proxy, 8 steps")
     _, yaml_path = write_outputs(recommend([chosen]), [chosen], tmp_path)
     head = yaml_path.read_text().splitlines()[:3]
-    assert head == ["# autotune recommendation: trial #1, policy min-memory",
+    assert head == ["# autotune recommendation: trial #1, policy fastest",   # the default policy
                     "# memory: llama-1b, planned (simulator)", "# reward: smollm2-135m proxy, 8 steps"]
     assert TrialConfig.load(yaml_path) == chosen.config
     doc = json.loads((tmp_path / "pareto.json").read_text())
