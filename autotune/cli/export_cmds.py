@@ -33,7 +33,7 @@ def _gpu_config(study: str, storage: str | None, gpu_gb: float) -> TrialConfig:
 
     loaded = load_study(study, storage)
     records = records_of(loaded)
-    row = row_for(by_gpu_study(loaded, records), gpu_gb)
+    row = row_for(by_gpu_study(loaded, records, extra_gb=(gpu_gb,)), gpu_gb)
     return next(r.config for r in records if r.number == row.trial)
 
 

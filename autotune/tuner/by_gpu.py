@@ -48,9 +48,10 @@ class GpuRow:
         return dataclasses.asdict(self) | {"reward_kept": self.reward_kept, "savers": list(self.savers)}
 
 
-def card_sizes(budget_gb: float | None) -> list[float]:
-    """The common card sizes plus the budget in use, ascending, each once."""
-    return sorted(set(CARD_SIZES_GB) | ({float(budget_gb)} if budget_gb is not None else set()))
+def card_sizes(budget_gb: float | None, extra_gb: tuple[float, ...] = ()) -> list[float]:
+    """The common card sizes plus the budget in use (and any `extra_gb`), ascending, each once."""
+    return sorted(set(CARD_SIZES_GB) | ({float(budget_gb)} if budget_gb is not None else set())
+                  | {float(gb) for gb in extra_gb})
 
 
 def savers(record: TrialRecord, baseline: TrialRecord | None) -> tuple[str, ...]:
@@ -86,14 +87,14 @@ def _nothing_fits(records: list[TrialRecord], budget_gb: float) -> str:
 
 
 def by_gpu(records: list[TrialRecord], *, budget_gb: float | None = None, min_reward_ratio: float = 0.98,
-           reference: str = "baseline") -> list[GpuRow]:
+           reference: str = "baseline", extra_gb: tuple[float, ...] = ()) -> list[GpuRow]:
     """One row per card size (`card_sizes`): the `fastest` recommendation within it, or why there is none."""
     pool = _candidates(records)
     baseline = find_baseline(pool)
     base_step = baseline.result.step_time_s if baseline is not None else None
     base_reward = baseline.result.reward if baseline is not None else None
     rows = []
-    for gb in card_sizes(budget_gb):
+    for gb in card_sizes(budget_gb, extra_gb):
         try:
             rec = recommend(pool, policy="fastest", budget_gb=gb, min_reward_ratio=min_reward_ratio,
                             reference=reference).record
@@ -109,19 +110,20 @@ def by_gpu(records: list[TrialRecord], *, budget_gb: float | None = None, min_re
     return rows
 
 
-def by_gpu_study(study: object, records: list[TrialRecord] | None = None) -> list[GpuRow]:
-    """`by_gpu` of a stored study, with its stored budget and reward rule."""
+def by_gpu_study(study: object, records: list[TrialRecord] | None = None,
+                 extra_gb: tuple[float, ...] = ()) -> list[GpuRow]:
+    """`by_gpu` of a stored study, with its stored budget and reward rule (plus rows for `extra_gb`)."""
     from autotune.tuner.recommend import stored_policy
     from autotune.tuner.study import STUDY_ATTR_BUDGET, records_of
 
     policy = stored_policy(study)
     return by_gpu(records_of(study) if records is None else records,
                   budget_gb=study.user_attrs.get(STUDY_ATTR_BUDGET),   # type: ignore[attr-defined]
-                  min_reward_ratio=policy.min_reward_ratio, reference=policy.reference)
+                  min_reward_ratio=policy.min_reward_ratio, reference=policy.reference, extra_gb=extra_gb)
 
 
 def row_for(rows: list[GpuRow], gpu_gb: float) -> GpuRow:
-    """The row of card size `gpu_gb`; a size not in the table gets the largest row within it.
+    """The row of card size `gpu_gb` (or, missing, the largest one within it).
 
     Raises:
         NoFeasibleTrialError: when that row has no config.
