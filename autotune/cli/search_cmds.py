@@ -117,7 +117,8 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
            budget_gb: float | None, reward_proxy: str | None, reward_seeds: int, plan_memory: bool, study: str | None,
            storage: str | None, tracking_uri: str | None, gpus: str | None, gpus_per_trial: int,
            world_size: int | None, sampler: str, seed: int | None,
-           policy: str, device_class: str | None, min_reward_ratio: float, reward_reference: str, prescreen: bool, advisor: bool,
+           policy: str, device_class: str | None, min_reward_ratio: float, reward_reference: str, prescreen: bool,
+           advisor: bool,
            tracking: bool, timeline: bool, heartbeat_s: int, trial_command: str | None, plan_command: str | None,
            reward_command: str | None) -> None:
     """Search FRUGAL partitions x memory interventions with an Optuna study; recommend one config.

@@ -306,7 +306,8 @@ def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     mem = rec.result.memory
     notes, base_peak, base_reward = _baseline_lines(recommendation.baseline, recommendation.baseline_planned_gb)
     lines = _baseline_fits(recommendation)
-    lines.append(f"Recommended: trial #{rec.number} ({rec.advisor_reason or 'sampled'}), policy {recommendation.policy}")
+    why = rec.advisor_reason or "sampled"
+    lines.append(f"Recommended: trial #{rec.number} ({why}), policy {recommendation.policy}")
     if sources(rec.result):
         lines.append(f"  sources         {sources(rec.result)}")
     if rec.result.reward is not None:
@@ -321,8 +322,8 @@ def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
         source = rec.result.step_time_source or "measured"
         ratio = rec.result.step_time_ratio
         vs = f"; {ratio:.2f}x the prediction" if ratio is not None else ""
-        lines.append(f"  step time       {rec.result.step_time_s:.3g} s {source}{_change(rec.result.step_time_s, base_step)}"
-                     f"{vs}")
+        change = _change(rec.result.step_time_s, base_step)
+        lines.append(f"  step time       {rec.result.step_time_s:.3g} s {source}{change}{vs}")
     if cost:
         lines.append(f"  step time by phase  {cost}")
     lines += notes
