@@ -38,8 +38,11 @@ class TrialResult:
     trial; exact from its probabilities where the task allows, see `autotune.rlhf.evaluation`),
     `reward_se` its standard error over prompts and `initial_reward` the untrained policy's score
     on the same set; `reward_curve` is the mean task reward of each training iteration's samples.
-    `step_time_s` is the median seconds per iteration after the first. Each is None where it does
-    not exist (a `fake` plan has no reward; a failed trial may have neither).
+    `step_time_s` is the median seconds per iteration after the first, measured, or for a planned
+    trial predicted by `autotune.tuner.step_time` (`step_time_source` says which, and on which device
+    class); `predicted_step_time_s` keeps the prediction next to a measured time, so that the two can be
+    compared. Each is None where it does not exist (a `fake` plan has no reward; a failed trial may
+    have neither).
     """
 
     config_hash: str
@@ -63,6 +66,16 @@ class TrialResult:
     # The evaluation score along the run: step 0 (untrained), a few points on the way, and the end,
     # one value per training seed. `reward` and `initial_reward` are the last and first points' means.
     reward_points: tuple[RewardPoint, ...] = ()
+    step_time_source: str = ""              # "measured (cuda)", "predicted (A100-80)"; "" where not labelled
+    predicted_step_time_s: float | None = None   # the prediction, also where step_time_s is measured
+
+    @property
+    def step_time_ratio(self) -> float | None:
+        """measured / predicted step time, where a trial has both."""
+        if (self.step_time_s is None or not self.predicted_step_time_s
+                or not self.step_time_source.startswith("measured")):
+            return None
+        return self.step_time_s / self.predicted_step_time_s
     # A trial over several ranks: `memory` is the report of the rank with the highest reserved peak
     # (the memory objective is the maximum over ranks), `rank_memory` every rank's, in rank order.
     world_size: int = 1

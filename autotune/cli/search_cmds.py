@@ -15,7 +15,6 @@ from autotune.tuner.study import MAX_SEED, SAMPLERS
 
 if TYPE_CHECKING:
     from autotune.tuner.recommend import Recommendation
-    from autotune.tuner.space import SearchSpace
 
 _DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
@@ -43,13 +42,12 @@ def _terminate_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _cost(recommendation: Recommendation, space: SearchSpace) -> str:
-    """The predicted step-time cost of the recommended config's savers against the baseline."""
-    from autotune.tuner.controller import baseline_config
-    from autotune.tuner.cost import recommendation_cost
+def _cost(recommendation: Recommendation, device_class: str | None, budget_gb: float) -> str:
+    """The recommended config's predicted step time by phase, on the study's device class."""
+    from autotune.tuner import step_time
 
-    base = recommendation.baseline.config if recommendation.baseline is not None else baseline_config(space)
-    return recommendation_cost(recommendation.record.config, base).describe()
+    dev = step_time.device(device_class) if device_class else step_time.device_for_budget(budget_gb)
+    return f"predicted on {dev.name}: {step_time.predict(recommendation.record.config, dev).describe()}"
 
 
 def _quiet_optuna() -> None:
@@ -97,14 +95,18 @@ def _quiet_optuna() -> None:
               help="Ranks per trial without --gpus: CPU trials on gloo (default: the space's world_size).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Sampler seed.")
-@click.option("--policy", type=click.Choice(POLICIES), default="min-memory", show_default=True,
-              help="min-memory: the smallest peak that keeps the reference reward; max-reward: the best reward, "
-              "ties to the smaller peak.")
+@click.option("--policy", type=click.Choice(POLICIES), default="fastest", show_default=True,
+              help="fastest: the lowest step time that fits and keeps the reference's reward gain, ties to the "
+              "smaller peak; min-memory: the smallest peak that keeps it; max-reward: the best reward, ties to the "
+              "smaller peak.")
+@click.option("--device-class", default=None,
+              help="Device class planned trials' step times are predicted on (RTX-3090, A100-40, L40S, A100-80, "
+              "H100-80, H200, or one added in $AUTOTUNE_DEVICE_CLASSES); default: the first with the budget's memory.")
 @click.option("--min-reward-ratio", type=FiniteFloat(0, 1, min_open=True), default=DEFAULT_MIN_KEPT, show_default=True,
-              help="min-memory: the share of the reference's reward gain (over the untrained policy) a config "
-              "must keep, at the lower bound of its estimate (kept - 2 standard errors).")
+              help="fastest, min-memory: the share of the reference's reward gain (over the untrained policy) a "
+              "config must keep, at the lower bound of its estimate (kept - 2 standard errors).")
 @click.option("--reward-reference", type=click.Choice(REFERENCES), default="baseline", show_default=True,
-              help="min-memory: measure --min-reward-ratio against the baseline's reward gain or the best one's.")
+              help="fastest, min-memory: measure --min-reward-ratio against the baseline's reward gain or the best one's.")
 @click.option("--prescreen/--no-prescreen", default=True, show_default=True,
               help="Predict each GPU trial's peak with `autotune plan` and skip configs over the budget.")
 @click.option("--advisor/--no-advisor", default=True, show_default=True, help="Queue targeted follow-up configs.")
@@ -121,7 +123,8 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
            plan_memory: bool, study: str | None,
            storage: str | None, tracking_uri: str | None, gpus: str | None, gpus_per_trial: int,
            world_size: int | None, sampler: str, seed: int | None,
-           policy: str, min_reward_ratio: float, reward_reference: str, prescreen: bool, advisor: bool,
+           policy: str, device_class: str | None, min_reward_ratio: float, reward_reference: str, prescreen: bool,
+           advisor: bool,
            tracking: bool, timeline: bool, heartbeat_s: int, trial_command: str | None, plan_command: str | None,
            reward_command: str | None) -> None:
     """Search FRUGAL partitions x memory interventions with an Optuna study; recommend one config.
@@ -129,6 +132,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     Re-running the same command resumes the study; other machines join it with the same --storage.
     Ctrl-C or SIGTERM ends the running trial and re-queues it; the same command then resumes.
     """
+    from autotune.tuner.by_gpu import by_gpu, table_text
     from autotune.tuner.controller import SearchSettings, run_search
     from autotune.tuner.fidelity import choose_budget, detect_gpus
     from autotune.tuner.launcher import PLAN_COMMAND, REWARD_COMMAND, TRIAL_COMMAND, Launcher
@@ -168,7 +172,12 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
         prescreen=prescreen, advisor=advisor,
         launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
         policy=policy, min_reward_ratio=min_reward_ratio, reward_reference=reward_reference,
-        reward_proxy=reward_proxy, reward_seeds=reward_seeds, reward_steps=reward_steps, plan_memory=plan_memory)
+        reward_proxy=reward_proxy, reward_seeds=reward_seeds, reward_steps=reward_steps, plan_memory=plan_memory,
+        device_class=device_class)
+    if device_class:   # an unknown class is a one-line error now, not after the first trial
+        from autotune.tuner.step_time import device
+
+        device(device_class)
     with SearchProgress(n_trials) as progress:
         outcome = run_search(settings, on_record=progress.update, on_note=progress.note)
     settled = f" (+{outcome.settling_runs} that set their length)" if outcome.settling_runs else ""
@@ -176,11 +185,15 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
               if outcome.reward_runs or outcome.reward_hits else "")
     click.echo(f"study {settings.study}: {len(outcome.records)} trials, {outcome.trials_run} run now{shared}; "
                f"controller overhead {outcome.overhead_share:.1%} of trial time")
+    table = table_text(by_gpu(list(outcome.records), budget_gb=budget.gb, min_reward_ratio=min_reward_ratio,
+                              reference=reward_reference))
     if outcome.recommendation is None:
         click.echo(f"no feasible trial within {budget.gb:g} GiB: nothing to recommend "
                    "(raise --budget-gb or widen the space)")
+        click.echo(table)
         return
-    click.echo(summary(outcome.recommendation, cost=_cost(outcome.recommendation, space)))
+    click.echo(summary(outcome.recommendation, cost=_cost(outcome.recommendation, device_class, budget.gb)))
+    click.echo(table)
     click.echo(f"wrote runs/{settings.study}/recommended.yaml and runs/{settings.study}/pareto.json")
 
 
@@ -191,12 +204,15 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (with --log).")
 @click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Budget for marking the recommendation; default: the study's.")
+@click.option("--by-gpu", is_flag=True, help="Also print the fastest config that fits each GPU size (24-80 GiB).")
 def pareto(study: str, storage: str | None, log_to_mlflow: bool, tracking_uri: str | None,
-           budget_gb: float | None) -> None:
+           budget_gb: float | None, by_gpu: bool) -> None:
     """Print the study's feasible Pareto front as a table."""
-    from autotune.tuner.report import log_front, render_front
+    from autotune.tuner.report import log_front, render_by_gpu, render_front
 
     click.echo(render_front(study, storage, budget_gb=budget_gb))
+    if by_gpu:
+        click.echo(render_by_gpu(study, storage))
     if log_to_mlflow:
         log_front(study, storage, tracking_uri=tracking_uri, budget_gb=budget_gb)
         click.echo("logged the front to MLflow")

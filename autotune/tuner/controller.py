@@ -29,6 +29,7 @@ from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
 from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, MAX_REWARD_SEEDS, MAX_REWARD_STEPS
 from autotune.tuner import advisor, study as studies
+from autotune.tuner.by_gpu import by_gpu
 from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
 from autotune.tuner.launcher import Launcher, end_all
@@ -70,14 +71,15 @@ class SearchSettings:
     grace_period_s: int | None = None       # None: Optuna's default, two intervals
     tracking_uri: str | None = None
     track: bool = True
-    policy: str = "min-memory"              # see autotune.tuner.recommend
-    min_reward_ratio: float = DEFAULT_MIN_KEPT   # min-memory: the share of the baseline's reward gain to keep
+    policy: str = "fastest"                 # see autotune.tuner.recommend
+    min_reward_ratio: float = DEFAULT_MIN_KEPT   # fastest, min-memory: the share of the baseline's reward gain to keep
     reward_reference: str = "baseline"      # min-memory measures the ratio against "baseline" or "best"
     reward_proxy: str | None = None         # None: fidelity's choice (the full model where it runs)
     reward_seeds: int = DEFAULT_REWARD_SEEDS   # training seeds each reward run averages
     reward_steps: int | None = None         # None: from DEFAULT_REWARD_STEPS, doubled until the baseline learns
     cpu_workers: int = 2                    # parallel planned trials without GPUs (each single-threaded)
     plan_memory: bool = False               # plan every trial's memory even where the host could run it
+    device_class: str | None = None         # step-time predictions' device (step_time.DEVICES); None: the budget's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,7 +225,7 @@ class Controller:
                                  budget_gb=self.budget_gb, gpus=settings.gpus, prescreen=settings.prescreen,
                                  reward_proxy=settings.reward_proxy, cancel=self.cancel, on_note=on_note,
                                  force_planned=settings.plan_memory, reward_seeds=settings.reward_seeds,
-                                 reward_steps=settings.reward_steps)
+                                 reward_steps=settings.reward_steps, device_class=settings.device_class)
         self.lock = threading.Lock()       # one ask/tell at a time keeps the surplus check exact per process
         # advisor proposals with the config each one changes
         self.pending: collections.deque[tuple[advisor.Proposal, TrialConfig]] = collections.deque()
@@ -526,7 +528,10 @@ class Controller:
         except NoFeasibleTrialError as exc:
             log.warning("no recommendation: %s", exc)
         if recommendation is not None:
-            self._outputs = write_outputs(recommendation, records, studies.study_dir(self.settings.study))
+            rows = by_gpu(records, budget_gb=self.budget_gb, min_reward_ratio=self.settings.min_reward_ratio,
+                          reference=self.settings.reward_reference)
+            self._outputs = write_outputs(recommendation, records, studies.study_dir(self.settings.study),
+                                          by_gpu=[row.to_dict() for row in rows])
         self._close(recommendation, records=records)
         return SearchOutcome(records=tuple(records), recommendation=recommendation, trials_run=len(self._timings),
                              trial_wall_s=sum(t for t, _ in self._timings),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError
 from autotune.result import TrialResult
-from autotune.tuner import fidelity
+from autotune.tuner import fidelity, step_time
 from autotune.tuner.launcher import Launcher, host_available_gb, plan, prescreen, run_reward, run_trial
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Measurer:
     def __init__(self, *, study: Any, out_dir: Path, launcher: Launcher, budget_gb: float, gpus: tuple[str, ...],
                  prescreen: bool, reward_proxy: str | None, cancel: threading.Event,
                  on_note: Callable[[str], None] | None = None, force_planned: bool = False, reward_seeds: int = 1,
-                 reward_steps: int | None = None):
+                 reward_steps: int | None = None, device_class: str | None = None):
         self.study, self.out_dir, self.launcher, self.budget_gb = study, out_dir, launcher, budget_gb
         self.gpus, self.prescreen, self.cancel = gpus, prescreen, cancel
         self.force_planned = force_planned and not gpus
@@ -53,6 +53,8 @@ class Measurer:
         self.reward_seeds = reward_seeds
         self.fixed_reward_steps = reward_steps     # None: settle the length on the baseline (`_settle_reward_steps`)
         self.reward_steps: int | None = reward_steps
+        # the device class planned trials' step times are predicted on: named, else the budget's card
+        self.device = step_time.device(device_class) if device_class else step_time.device_for_budget(budget_gb)
         self.mode: fidelity.MemoryMode = "gpu" if gpus else "cpu"
         self.host_need_gb: float | None = None
         self.reward_runs = self.reward_hits = 0   # for trials
@@ -185,6 +187,8 @@ class Measurer:
                 result = None if launched.cancelled else _labelled(
                     launched.result, fidelity.memory_label(config.model.actor, "cpu", iterations=config.workload.steps),
                     fidelity.reward_label(config.model.actor, config.workload.steps))
+                if result is not None and result.step_time_s is not None:
+                    result = dataclasses.replace(result, step_time_source="measured (cpu)")
                 return Measured(result=result, subprocess_s=launched.subprocess_s)
             # the host has less free memory now than when the study started: never launch it
             return self._planned_trial(config, trial_dir, gpu=None,
@@ -209,8 +213,11 @@ class Measurer:
         outcome = self._reward(config, gpu)
         if outcome is None:
             return Measured(result=None, subprocess_s=launched.subprocess_s)
-        return Measured(result=combine(config, memory, outcome, step_time_s=memory.step_time_s),
-                        subprocess_s=launched.subprocess_s)
+        result = combine(config, memory, outcome, step_time_s=memory.step_time_s)
+        if result.step_time_s is not None:   # measured; the prediction is kept beside it for their ratio
+            result = dataclasses.replace(result, step_time_source="measured (cuda)",
+                                         predicted_step_time_s=self.predict(config).total_s)
+        return Measured(result=result, subprocess_s=launched.subprocess_s)
 
     def _planned_trial(self, config: TrialConfig, trial_dir: Path, *, gpu: str | None, note: str) -> Measured:
         label = fidelity.memory_label(config.model.actor, "planned")
@@ -224,11 +231,18 @@ class Measurer:
         outcome = self._reward(config, gpu)
         if outcome is None:
             return Measured(result=None, subprocess_s=planned.wall_time_s)
-        result = combine(config, _over_budget(planned, self.budget_gb), outcome, step_time_s=None)
+        predicted = self.predict(config)
+        result = dataclasses.replace(
+            combine(config, _over_budget(planned, self.budget_gb), outcome, step_time_s=predicted.total_s),
+            step_time_source=predicted.label, predicted_step_time_s=predicted.total_s)
         if note:
             result = dataclasses.replace(result, message="; ".join(filter(None, (f"not run on the CPU: {note}",
                                                                                  result.message))))
         return Measured(result=_labelled(result, label, result.reward_source), subprocess_s=planned.wall_time_s)
+
+    def predict(self, config: TrialConfig) -> step_time.StepTimePrediction:
+        """`config`'s predicted step time on this study's device class (autotune.tuner.step_time)."""
+        return step_time.predict(config, self.device)
 
     def _plan(self, config: TrialConfig, trial_dir: Path) -> TrialResult | None:
         """The full-size plan of `config` without a device limit (so an overrun shows its whole size)."""

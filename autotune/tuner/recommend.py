@@ -6,10 +6,15 @@ comparison is made only once the baseline's reward run learned (its gain is at l
 `gain.MIN_LEARNING_Z` standard errors); otherwise the recommendation rests on memory alone and says so.
 
 Policies:
-  * ``min-memory`` (default): the lowest reserved peak among trials that keep the reward: the lower
-    bound of their kept gain (kept - 2 SE) is at or above ``min_reward_ratio`` (a non-inferiority
-    test, so noise never lets a riskier config through). The gain is the baseline's by default,
-    the best trial's with ``reference="best"``.
+  * ``fastest`` (default): among the feasible trials within the budget that keep the reward (the
+    rule below), the lowest step time (measured, else predicted by autotune.tuner.step_time), ties
+    to the lower peak. A production run wants the quickest config that fits and keeps the reward,
+    not memory savers it does not need. Step time is not an objective of the default space, so it
+    picks from every feasible trial, not only the front.
+  * ``min-memory``: the lowest reserved peak among the trials that keep the reward.
+  A trial keeps the reward when the lower bound of its kept gain (kept - 2 SE) is at or above
+  ``min_reward_ratio`` (a non-inferiority test, so noise never lets a riskier config through). The
+  gain is the baseline's by default, the best trial's with ``reference="best"``.
   * ``max-reward``: within the memory budget, the trials whose reward ties the best one (within
     two standard errors of the difference) compete on the lower reserved peak, then the higher
     reward, then the lower fragmentation.
@@ -30,7 +35,7 @@ from autotune.result import TrialRecord, TrialResult
 from autotune.tuner import gain
 from autotune.tuner.metrics import MAXIMIZED
 
-POLICIES = ("max-reward", "min-memory")
+POLICIES = ("fastest", "max-reward", "min-memory")
 REFERENCES = ("baseline", "best")
 STUDY_ATTR_POLICY = "autotune.policy"
 TIE_STANDARD_ERRORS = 2.0
@@ -44,9 +49,9 @@ DEFAULT_MIN_KEPT = 0.9
 class Policy:
     """How a study picks its recommendation; stored in the study's user attributes."""
 
-    name: str = "min-memory"
-    min_reward_ratio: float = DEFAULT_MIN_KEPT   # min-memory: the share of the reference's reward gain to keep
-    reference: str = "baseline"      # min-memory: whose reward gain is the yardstick
+    name: str = "fastest"
+    min_reward_ratio: float = DEFAULT_MIN_KEPT   # fastest, min-memory: the share of the reference's reward gain to keep
+    reference: str = "baseline"      # fastest, min-memory: whose reward gain is the yardstick
 
     def check(self) -> None:
         """Raises ConfigError for an unknown policy or reference, or a ratio outside (0, 1]."""
@@ -68,6 +73,7 @@ class Recommendation:
     reason: str
     baseline_planned_gb: float | None = None   # the baseline's full-size plan, where it did not complete
     rule: RewardRule | None = None             # how rewards were judged (None: no reward at all)
+    budget_gb: float | None = None             # the budget it was picked within
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +128,10 @@ def _frag(r: TrialRecord) -> float:
     return r.result.memory.fragmentation if r.result.memory is not None else math.inf
 
 
+def _step(r: TrialRecord) -> float:
+    return r.result.step_time_s if r.result.step_time_s is not None else math.inf
+
+
 def _reward(r: TrialRecord) -> float:
     return r.result.reward if r.result.reward is not None else -math.inf
 
@@ -159,7 +169,7 @@ def find_baseline(records: list[TrialRecord]) -> TrialRecord | None:
     return next((r for r in records if r.advisor_reason == "baseline"), None)
 
 
-def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_gb: float | None = None,
+def recommend(records: list[TrialRecord], *, policy: str = "fastest", budget_gb: float | None = None,
               min_reward_ratio: float = DEFAULT_MIN_KEPT, reference: str = "baseline",
               baseline_planned_gb: float | None = None) -> Recommendation:
     """Pick one trial from the feasible front.
@@ -170,13 +180,21 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
     """
     Policy(name=policy, min_reward_ratio=min_reward_ratio, reference=reference).check()
     front = [r for r in pareto_front(records) if budget_gb is None or _peak(r) <= budget_gb]
+    if policy == "fastest":   # step time is no objective of the front: every feasible trial competes
+        front = [r for r in records if r.feasible and r.result.ok and r.objectives
+                 and (budget_gb is None or _peak(r) <= budget_gb)]
     if not front:
         where = f" within {budget_gb:g} GiB" if budget_gb is not None else ""
         raise NoFeasibleTrialError(f"no feasible completed trial{where} among {len(records)} trials")
     within = f"within the {budget_gb:g} GiB budget" if budget_gb is not None else "on the feasible front"
     baseline = find_baseline(records)
     rule = reward_rule(front, baseline, reference=reference, floor=min_reward_ratio)
-    if not rule.judged:
+    timed = [r for r in front if r.result.step_time_s is not None]
+    if not rule.judged and policy == "fastest" and timed:
+        chosen = min(timed, key=lambda r: (_step(r), _peak(r)))
+        reason = (f"lowest step time ({_step(chosen):.3g} s, {chosen.result.step_time_source or 'measured'}) {within}, "
+                  f"on memory and time alone: {rule.why_unjudged()}")
+    elif not rule.judged:
         chosen = min(front, key=lambda r: (_peak(r), _frag(r)))
         reason = (f"lowest peak ({_peak(chosen):.4g} GiB) {within}, on memory alone: "
                   f"{rule.why_unjudged()}")
@@ -187,9 +205,9 @@ def recommend(records: list[TrialRecord], *, policy: str = "min-memory", budget_
         reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {len(tied)} of {_trials(len(front))} {within} whose "
                   f"reward ties the best ({_reward(best):.4g}, within two standard errors)")
     else:
-        chosen, reason = _min_memory(front, rule, within)
+        chosen, reason = _keeping(front, rule, within, fastest=policy == "fastest")
     return Recommendation(record=chosen, baseline=baseline, policy=policy, reason=reason,
-                          baseline_planned_gb=baseline_planned_gb, rule=rule)
+                          baseline_planned_gb=baseline_planned_gb, rule=rule, budget_gb=budget_gb)
 
 
 def reward_rule(front: list[TrialRecord], baseline: TrialRecord | None, *, reference: str = "baseline",
@@ -205,23 +223,33 @@ def reward_rule(front: list[TrialRecord], baseline: TrialRecord | None, *, refer
     return RewardRule(reference=ref, reference_name=name, floor=floor, learning=learning)
 
 
-def _min_memory(front: list[TrialRecord], rule: RewardRule, within: str) -> tuple[TrialRecord, str]:
-    """The lowest peak that keeps the reward gain; the highest kept gain where none does."""
-    eligible = [r for r in front if rule.keeps(r)]
+def _keeping(pool: list[TrialRecord], rule: RewardRule, within: str, *, fastest: bool) -> tuple[TrialRecord, str]:
+    """Among the trials that keep the reward gain: the fastest (or the lowest peak); the most kept where none does."""
+    eligible = [r for r in pool if rule.keeps(r)]
     floor = f"{rule.floor:g} of {rule.reference_name} reward gain"
     if not eligible:   # e.g. the baseline is over the budget and every trial within it keeps less
-        chosen = max(front, key=lambda r: (_kept_value(rule, r), -_peak(r)))
+        chosen = max(pool, key=lambda r: (_kept_value(rule, r), -_peak(r)))
         return chosen, (f"no trial {within} keeps {floor} at its lower bound; the most kept "
                         f"instead ({_describe_kept(rule.kept(chosen))})")
-    chosen = min(eligible, key=lambda r: (_peak(r), -_kept_value(rule, r), _frag(r)))
-    reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {_trials(len(eligible))} {within} that keep at least "
-              f"{floor} (kept - 2 SE)")
-    undecided = [r for r in front if rule.undecided(r) and _peak(r) < _peak(chosen)]
-    if undecided:
-        numbers = ", ".join(f"#{r.number}" for r in undecided)
-        reason += (f"; {_trials(len(undecided))} with a lower peak ({numbers}) keep{'s' if len(undecided) == 1 else ''} "
-                   f"it on average but not at the lower bound: more seeds (--reward-seeds) or longer reward runs "
-                   f"(--reward-steps) would settle {'it' if len(undecided) == 1 else 'them'}")
+    timed = [r for r in eligible if r.result.step_time_s is not None]
+    if fastest and timed:
+        chosen = min(timed, key=lambda r: (_step(r), _peak(r), -_kept_value(rule, r)))
+        reason = (f"lowest step time ({_step(chosen):.3g} s, {chosen.result.step_time_source or 'measured'}) among "
+                  f"{_trials(len(timed))} {within} that keep at least {floor} (kept - 2 SE)")
+        better = [r for r in pool if rule.undecided(r) and r.result.step_time_s is not None and _step(r) < _step(chosen)]
+        edge = "a lower step time"
+    else:
+        chosen = min(eligible, key=lambda r: (_peak(r), -_kept_value(rule, r), _frag(r)))
+        reason = (f"lowest peak ({_peak(chosen):.4g} GiB) among {_trials(len(eligible))} {within} that keep at least "
+                  f"{floor} (kept - 2 SE)")
+        better = [r for r in pool if rule.undecided(r) and _peak(r) < _peak(chosen)]
+        edge = "a lower peak"
+    if better:
+        numbers = ", ".join(f"#{r.number}" for r in better)
+        one = len(better) == 1
+        reason += (f"; {_trials(len(better))} with {edge} ({numbers}) keep{'s' if one else ''} it on average but not "
+                   f"at the lower bound: more seeds (--reward-seeds) or longer reward runs (--reward-steps) would "
+                   f"settle {'it' if one else 'them'}")
     return chosen, reason
 
 
@@ -276,8 +304,9 @@ def recommend_study(study: Any, records: list[TrialRecord] | None = None, *,
 
 
 def sources(result: TrialResult) -> str:
-    """"memory: ...; reward: ..." for a result that names its sources; "" otherwise."""
-    parts = [f"{name}: {src}" for name, src in (("memory", result.memory_source), ("reward", result.reward_source)) if src]
+    """"memory: ...; reward: ...; step time: ..." for a result that names its sources; "" otherwise."""
+    parts = [f"{name}: {src}" for name, src in (("memory", result.memory_source), ("reward", result.reward_source),
+                                                ("step time", result.step_time_source)) if src]
     return "; ".join(parts)
 
 
@@ -292,21 +321,30 @@ def _row(r: TrialRecord, rule: RewardRule | None = None) -> dict[str, object]:
         "reward_points": [{"step": p.step, "rewards": list(p.seed_rewards)} for p in r.result.reward_points],
         "peak_reserved_gb": None if memory is None else memory.peak_reserved_gb,
         "fragmentation": None if memory is None else memory.fragmentation,
-        "step_time_s": r.result.step_time_s, "config_hash": r.result.config_hash,
+        "step_time_s": r.result.step_time_s, "step_time_source": r.result.step_time_source,
+        "predicted_step_time_s": r.result.predicted_step_time_s, "step_time_ratio": r.result.step_time_ratio,
+        "config_hash": r.result.config_hash,
         "memory_source": r.result.memory_source, "reward_source": r.result.reward_source,
         "advisor_reason": r.advisor_reason, "config": r.config.to_dict(),
     }
 
 
-def write_outputs(recommendation: Recommendation, records: list[TrialRecord], out_dir: Path) -> tuple[Path, Path]:
-    """Write `pareto.json` (the front and the choice) and `recommended.yaml` (a full TrialConfig)."""
+def write_outputs(recommendation: Recommendation, records: list[TrialRecord], out_dir: Path, *,
+                  by_gpu: list[dict[str, object]] | None = None) -> tuple[Path, Path]:
+    """Write `pareto.json` (the front, the choice and, if given, the per-GPU table of
+    autotune.tuner.by_gpu) and `recommended.yaml` (a full TrialConfig)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pareto_path, yaml_path = out_dir / "pareto.json", out_dir / "recommended.yaml"
     chosen = recommendation.record
     rule = recommendation.rule
     doc = {"policy": recommendation.policy, "reason": recommendation.reason, "recommended": chosen.number,
            "memory_source": chosen.result.memory_source, "reward_source": chosen.result.reward_source,
-           "reward_rule": _rule_doc(rule), "front": [_row(r, rule) for r in pareto_front(records)]}
+           "reward_rule": _rule_doc(rule), "step_time_source": chosen.result.step_time_source,
+           "front": [_row(r, rule) for r in pareto_front(records)]}
+    if chosen not in pareto_front(records):   # fastest picks beyond the front: its row must be there too
+        doc["recommended_row"] = _row(chosen, rule)
+    if by_gpu is not None:
+        doc["by_gpu"] = by_gpu
     tmp = pareto_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(pareto_path)
@@ -381,17 +419,28 @@ def _baseline_lines(base: TrialRecord | None, planned_gb: float | None) -> tuple
             "no memory comparison"], None, reward
 
 
+def _baseline_fits(recommendation: Recommendation) -> list[str]:
+    """The first line when the baseline completed within the budget: nothing needs to change."""
+    base, budget = recommendation.baseline, recommendation.budget_gb
+    if base is None or budget is None or not (base.feasible and base.result.ok) or _peak(base) > budget:
+        return []
+    return [f"the baseline (AdamW, no interventions) fits the {budget:g} GiB budget with "
+            f"{budget - _peak(base):.1f} GiB to spare; nothing needs to change."]
+
+
 def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     """A short human summary: the chosen trial, its figures and sources, its gain over the baseline, and why.
 
     Args:
         recommendation: from `recommend` or `recommend_study`.
-        cost: the predicted step-time cost of its savers (autotune.tuner.cost), if known.
+        cost: the predicted step time of the chosen config by phase (autotune.tuner.step_time), if known.
     """
     rec = recommendation.record
     mem = rec.result.memory
     notes, base_peak, base_reward = _baseline_lines(recommendation.baseline, recommendation.baseline_planned_gb)
-    lines = [f"Recommended: trial #{rec.number} ({rec.advisor_reason or 'sampled'}), policy {recommendation.policy}"]
+    lines = _baseline_fits(recommendation)
+    why = rec.advisor_reason or "sampled"
+    lines.append(f"Recommended: trial #{rec.number} ({why}), policy {recommendation.policy}")
     if sources(rec.result):
         lines.append(f"  sources         {sources(rec.result)}")
     if rec.result.reward is not None:
@@ -402,9 +451,13 @@ def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     base = recommendation.baseline
     if rec.result.step_time_s is not None:
         base_step = base.result.step_time_s if base is not None else None
-        lines.append(f"  step time       {rec.result.step_time_s:.3g} s measured{_change(rec.result.step_time_s, base_step)}")
+        source = rec.result.step_time_source or "measured"
+        ratio = rec.result.step_time_ratio
+        vs = f"; {ratio:.2f}x the prediction" if ratio is not None else ""
+        change = _change(rec.result.step_time_s, base_step)
+        lines.append(f"  step time       {rec.result.step_time_s:.3g} s {source}{change}{vs}")
     if cost:
-        lines.append(f"  step-time cost  predicted: {cost}")
+        lines.append(f"  step time by phase  {cost}")
     lines += notes
     lines.append(f"  why: {recommendation.reason}")
     return "\n".join(lines)

@@ -23,7 +23,11 @@ def front_table(records: list[TrialRecord], recommendation: Recommendation | Non
 
     front = pareto_front(records)
     rule = recommendation.rule if recommendation is not None else None
-    table = Table(title=f"Pareto front: {len(front)} of {len(records)} trials",
+    title = f"Pareto front: {len(front)} of {len(records)} trials"
+    if recommendation is not None and recommendation.record not in front:   # fastest looks beyond the front
+        front = front + [recommendation.record]
+        title += f" (+ the recommended #{recommendation.record.number}, faster though dominated on the objectives)"
+    table = Table(title=title,
                   caption="\n".join(filter(None, (_sources_caption(front), _rule_caption(recommendation)))))
     for name in ("#", "reward", "± se", "gain kept", "peak reserved GiB", "fragmentation", "step s", "optimizer",
                  "why tried"):
@@ -58,8 +62,10 @@ def _sources_caption(front: list[TrialRecord]) -> str:
     """Where the front's objectives came from, one line per distinct source."""
     memory = sorted({r.result.memory_source for r in front if r.result.memory_source})
     reward = sorted({r.result.reward_source for r in front if r.result.reward_source})
+    step = sorted({r.result.step_time_source for r in front if r.result.step_time_source})
     lines = [f"memory: {', '.join(memory)}"] if memory else []
     lines += [f"reward: {'; '.join(reward)}"] if reward else []
+    lines += [f"step time: {', '.join(step)}"] if step else []
     return "\n".join(lines) if lines else ""
 
 
@@ -83,6 +89,17 @@ def render_front(study_name: str, storage: str | None = None, *, budget_gb: floa
     """
     records, recommendation, _ = _records_and_choice(study_name, storage, budget_gb)
     return front_table(records, recommendation)
+
+
+def render_by_gpu(study_name: str, storage: str | None = None) -> str:
+    """`autotune pareto --by-gpu`: the fastest config that fits each GPU size (autotune.tuner.by_gpu).
+
+    Raises:
+        StudyNotFoundError: naming the storage searched.
+    """
+    from autotune.tuner.by_gpu import by_gpu_study, table_text
+
+    return table_text(by_gpu_study(load_study(study_name, storage)))
 
 
 def log_front(study_name: str, storage: str | None = None, *, tracking_uri: str | None = None,

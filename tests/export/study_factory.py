@@ -28,6 +28,7 @@ def make_record(number: int, *, reserved_gib: float, allocated_gib: float, rewar
     curve = (0.0, 0.25, 0.5) if reward is not None else ()
     result = TrialResult(config_hash=f"h{number}", status=status, backend="cpu", memory=memory,
                          reward=reward, reward_curve=curve, step_time_s=0.05 if reward is not None else None,
+                         initial_reward=0.1 if reward is not None else None,
                          message="" if status == "ok" else f"{status} in actor_train",
                          memory_source=memory_source, reward_source=reward_source)
     config = TrialConfig().replace(**{"memory.zero_stage": number % 3})

@@ -109,3 +109,23 @@ def test_export_storage_and_pareto_follow_the_policy_stored_in_the_study(in_tmp:
     assert TrialConfig.from_dict(yaml.safe_load(out)).memory.zero_stage == records[1].config.memory.zero_stage == 1
     code, out, err = run_cli(["pareto", "--study", "s", "--storage", storage], capsys)
     assert code == 0 and "*1 " in out, err
+
+
+def test_export_gpu_gb_writes_that_rows_config(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    import dataclasses
+
+    def timed(number: int, reserved: float, step: float, reason: str | None = None):
+        record = make_record(number, reserved_gib=reserved, allocated_gib=reserved * 0.9, reward=0.5, reason=reason)
+        return dataclasses.replace(record, result=dataclasses.replace(record.result, step_time_s=step))
+
+    # zero_stage = number % 3: the baseline (0, 46 GiB, fastest), #1 (30 GiB), #2 (20 GiB, slowest)
+    make_study("g", "sqlite:///runs/g/optuna.db", [timed(0, 46.0, 1.0, "baseline"), timed(1, 30.0, 1.2),
+                                                   timed(2, 20.0, 1.5)])
+    for gb, stage in (("24", 2), ("40", 1), ("80", 0)):
+        code, out, err = run_cli(["export", "--study", "g", "--gpu-gb", gb, "--format", "yaml"], capsys)
+        assert code == 0, err
+        assert TrialConfig.from_dict(yaml.safe_load(out)).memory.zero_stage == stage
+    code, _, err = run_cli(["export", "--study", "g", "--gpu-gb", "16", "--format", "yaml"], capsys)
+    assert code == 1 and "nothing in the space fits: the lowest peak is 20.0 GiB" in err
+    code, out, err = run_cli(["pareto", "--study", "g", "--by-gpu"], capsys)
+    assert code == 0 and "Per GPU size" in out and "none (baseline)" in out, err

@@ -16,7 +16,7 @@ from autotune.tuner.recommend import (Policy, pareto_front, recommend, recommend
 
 def _rec(number: int, reward: float | None, peak_gb: float, *, frag: float = 0.1, feasible: bool = True,
          reason: str | None = None, se: float | None = None, status: str = "ok", initial: float | None = 0.1,
-         points: tuple[RewardPoint, ...] = (), **sources: str) -> TrialRecord:
+         points: tuple[RewardPoint, ...] = (), step: float | None = None, **sources: str) -> TrialRecord:
     reserved = int(peak_gb * GiB)
     allocated = int(reserved * (1 - frag))
     phase = PhaseMemory(name="actor_train", peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
@@ -25,7 +25,7 @@ def _rec(number: int, reward: float | None, peak_gb: float, *, frag: float = 0.1
     cfg = TrialConfig().replace(**{"workload.seed": number})
     result = TrialResult(config_hash=cfg.config_hash(), status=status, backend="cpu", memory=memory, reward=reward,
                          reward_se=se, initial_reward=None if reward is None else initial, reward_points=points,
-                         **sources)
+                         step_time_s=step, **sources)
     objectives = {"peak_reserved_gb": reserved / GiB} | ({} if reward is None else {"reward": reward})
     return TrialRecord(number=number, config=cfg, result=result, feasible=feasible, advisor_reason=reason,
                        objectives=objectives)
@@ -190,7 +190,7 @@ def test_outputs_name_the_sources(tmp_path: Path) -> None:
                   reward_source="smollm2-135m proxy, 8 steps")
     _, yaml_path = write_outputs(recommend([chosen]), [chosen], tmp_path)
     head = yaml_path.read_text().splitlines()[:3]
-    assert head == ["# autotune recommendation: trial #1, policy min-memory",
+    assert head == ["# autotune recommendation: trial #1, policy fastest",   # the default policy
                     "# memory: llama-1b, planned (simulator)", "# reward: smollm2-135m proxy, 8 steps"]
     assert TrialConfig.load(yaml_path) == chosen.config
     doc = json.loads((tmp_path / "pareto.json").read_text())
@@ -208,3 +208,54 @@ def test_the_stored_policy_drives_the_study_recommendation() -> None:
                                                                       min_reward_ratio=0.5).record.number == 1
     with pytest.raises(ConfigError):
         store_policy(study, Policy(name="vibes"))
+
+
+def test_fastest_picks_the_faster_of_two_fitting_configs_that_keep_the_reward() -> None:
+    records = [_rec(0, 0.50, 30.0, reason="baseline", step=2.0, step_time_source="predicted (A100-80)"),
+               _rec(1, 0.50, 20.0, step=1.5), _rec(2, 0.50, 10.0, step=1.8),
+               _rec(3, 0.30, 12.0, step=0.5)]        # fastest of all, but it keeps only half the baseline's gain
+    assert recommend(records, policy="fastest", budget_gb=40.0).record.number == 1
+    # within 15 GiB only #2 keeps the reward (#3 is faster but does not qualify)
+    assert recommend(records, policy="fastest", budget_gb=15.0).record.number == 2
+    # equal step times: the lower peak wins
+    tie = records[:1] + [_rec(1, 0.50, 20.0, step=2.0)]
+    assert recommend(tie, policy="fastest", budget_gb=40.0).record.number == 1
+
+
+def test_fastest_keeps_the_baseline_when_it_fits_and_nothing_is_faster_and_says_so_first() -> None:
+    base = _rec(0, 0.50, 46.1, reason="baseline", step=2.0, step_time_source="predicted (A100-80)")
+    saver = _rec(1, 0.50, 30.0, step=2.6)        # smaller, but slower: not what an 80 GiB card wants
+    rec = recommend([base, saver], budget_gb=80.0)          # the default policy
+    assert rec.policy == "fastest" and rec.record.number == 0
+    text = summary(rec)
+    assert text.splitlines()[0] == ("the baseline (AdamW, no interventions) fits the 80 GiB budget with 33.9 GiB "
+                                    "to spare; nothing needs to change.")
+    assert "step time       2 s predicted (A100-80)" in text
+    # on a 40 GiB card the baseline does not fit: the saver is chosen and no such line is printed
+    small = recommend([base, saver], budget_gb=40.0)
+    assert small.record.number == 1 and "nothing needs to change" not in summary(small)
+
+
+def test_fastest_and_min_memory_share_one_reward_rule() -> None:
+    from autotune.tuner.recommend import reward_rule
+
+    base = _rec(0, 0.50, 30.0, reason="baseline", step=2.0, se=0.001)
+    pool = [base, _rec(1, 0.49, 10.0, step=1.0, se=0.001), _rec(2, 0.40, 5.0, step=0.5, se=0.001)]
+    rule = reward_rule(pool, base)
+    # gains over the untrained 0.1: #1 keeps 0.975 (lower bound ~0.97), #2 keeps 0.75 (under the 0.9 floor)
+    assert [r.number for r in pool if rule.keeps(r)] == [0, 1]
+    assert recommend(pool, policy="fastest").record.number == 1
+    assert recommend(pool, policy="min-memory").record.number == 1
+
+
+def test_step_time_source_and_ratio_reach_pareto_json(tmp_path: Path) -> None:
+    measured = _rec(0, 0.5, 10.0, reason="baseline", step=3.0, step_time_source="measured (cuda)")
+    measured = TrialRecord(**{**measured.__dict__, "result": TrialResult(
+        **{**measured.result.__dict__, "predicted_step_time_s": 2.0})})
+    write_outputs(recommend([measured]), [measured], tmp_path)
+    row = json.loads((tmp_path / "pareto.json").read_text())["front"][0]
+    assert row["step_time_source"] == "measured (cuda)" and row["step_time_ratio"] == pytest.approx(1.5)
+    # a result written before step_time_source existed still loads
+    old = measured.result.to_dict()
+    del old["step_time_source"], old["predicted_step_time_s"]
+    assert TrialResult.from_dict(old).step_time_source == ""
