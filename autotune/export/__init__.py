@@ -29,16 +29,28 @@ EXPORTERS: dict[str, Callable[[TrialConfig], ExportOutput]] = {
 }
 FORMATS: tuple[str, ...] = tuple(EXPORTERS)
 
-__all__ = ["EXPORTERS", "FORMATS", "ExportOutput", "export_config"]
+__all__ = ["EXPORTERS", "FORMATS", "GPU_COUNT_FORMATS", "ExportOutput", "export_config"]
 
 
-def export_config(cfg: TrialConfig, fmt: str) -> ExportOutput:
+# Formats whose flags depend on how many GPUs the user launches on (global batch sizes).
+GPU_COUNT_FORMATS: tuple[str, ...] = ("openrlhf",)
+
+
+def export_config(cfg: TrialConfig, fmt: str, *, gpus: int | None = None) -> ExportOutput:
     """Export `cfg` to the format named `fmt`.
 
+    Args:
+        cfg: the config to export.
+        fmt: one of FORMATS.
+        gpus: the GPU count to write global flags for (GPU_COUNT_FORMATS only); None: the trial's world size.
+
     Raises:
-        ConfigError: `fmt` is not one of FORMATS (the message lists them).
+        ConfigError: `fmt` is not one of FORMATS (the message lists them), or `gpus` is given for a
+            format that has no GPU count.
     """
     exporter = EXPORTERS.get(fmt)
     if exporter is None:
         raise ConfigError(f"unknown export format {fmt!r} (valid formats: {', '.join(FORMATS)})")
-    return exporter(cfg)
+    if gpus is not None and fmt not in GPU_COUNT_FORMATS:
+        raise ConfigError(f"--gpus applies to --format {' or '.join(GPU_COUNT_FORMATS)} only, not {fmt}")
+    return exporter(cfg, gpus) if fmt in GPU_COUNT_FORMATS else exporter(cfg)  # type: ignore[call-arg]

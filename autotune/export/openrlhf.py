@@ -6,6 +6,7 @@ facts behind each choice (with file and line) are in docs/EXPORT_TARGETS.md.
 from __future__ import annotations
 
 from autotune.config import TrialConfig
+from autotune.errors import ConfigError
 from autotune.export.features import partition_files, unexpressed
 from autotune.export.output import ExportOutput
 
@@ -13,18 +14,33 @@ ARGS_FILE = "openrlhf.args"
 _PARAM_DTYPE = {"bfloat16": "bf16", "float16": "fp16"}   # --ds.param_dtype has no fp32 choice
 
 
-def openrlhf_flags(cfg: TrialConfig) -> list[str]:
-    """The flags, one per list item; store_true flags appear only when on."""
+def openrlhf_flags(cfg: TrialConfig, gpus: int | None = None) -> list[str]:
+    """The flags, one per list item; store_true flags appear only when on.
+
+    OpenRLHF's `--train.batch_size` and `--rollout.batch_size` are global (over every actor GPU),
+    while the trial's batches are per GPU, so both are scaled by `gpus` (default the trial's
+    world size), and each model is placed on that many GPUs: `train_ppo_ray.py` asserts that
+    samples // rollout micro-batch >= actor GPUs, and its GPU counts default to 8.
+
+    Raises:
+        ConfigError: `gpus` is below 1.
+    """
     m, w = cfg.memory, cfg.workload
+    n = export_gpus(cfg, gpus)
+    samples = w.batch_size * (w.group_size if cfg.algorithm == "grpo" else 1)    # sequences per GPU
     flags = [f"--ds.zero_stage {m.zero_stage}"]
     if cfg.model.dtype in _PARAM_DTYPE:
         flags.append(f"--ds.param_dtype {_PARAM_DTYPE[cfg.model.dtype]}")
+    flags += [f"--actor.num_gpus_per_node {n}", f"--ref.num_gpus_per_node {n}", f"--reward.num_gpus_per_node {n}"]
+    if cfg.algorithm == "ppo":
+        flags.append(f"--critic.num_gpus_per_node {n}")
     flags += [
         f"--train.micro_batch_size {w.micro_batch}",
-        # The trial steps the optimizer after every micro-batch; on N GPUs multiply by N.
-        f"--train.batch_size {w.micro_batch}",
-        f"--rollout.micro_batch_size {w.micro_batch}",
-        f"--rollout.batch_size {w.batch_size}",
+        # The trial steps the optimizer after every micro-batch on each GPU: one micro-batch per GPU.
+        f"--train.batch_size {w.micro_batch * n}",
+        # per GPU; no larger than a GPU's share of the rollout, else it holds fewer batches than GPUs
+        f"--rollout.micro_batch_size {min(w.micro_batch, samples)}",
+        f"--rollout.batch_size {w.batch_size * n}",
         f"--rollout.max_new_tokens {w.gen_len}",
         f"--data.max_len {w.prompt_len + w.gen_len}",
         f"--train.max_epochs {w.ppo_epochs}",
@@ -43,9 +59,19 @@ def openrlhf_flags(cfg: TrialConfig) -> list[str]:
     return flags + [flag for flag, on in switches if on]
 
 
-def _warnings(cfg: TrialConfig) -> list[str]:
+def export_gpus(cfg: TrialConfig, gpus: int | None) -> int:
+    """The actor GPU count the flags are written for: `gpus`, else the trial's world size."""
+    if gpus is not None and gpus < 1:
+        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    return cfg.world_size if gpus is None else gpus
+
+
+def _warnings(cfg: TrialConfig, gpus: int | None) -> list[str]:
     m = cfg.memory
     out = []
+    if gpus is None:
+        out.append(f"--gpus not given: the batch flags are global in OpenRLHF and are written for "
+                   f"{cfg.world_size} GPU(s) per model, the trial's world size; pass --gpus N for another count")
     if cfg.model.dtype == "float32":
         out.append("model.dtype=float32: OpenRLHF trains in --ds.param_dtype bf16 or fp16 only (default bf16); "
                    "the trial's fp32 memory is not what OpenRLHF will use")
@@ -64,12 +90,20 @@ def _warnings(cfg: TrialConfig) -> list[str]:
     return out
 
 
-def to_openrlhf(cfg: TrialConfig) -> ExportOutput:
-    """openrlhf.args (one flag per line, for `$(grep -v '^#' openrlhf.args)`) plus the FRUGAL partition."""
-    header = "# OpenRLHF 0.11 flags from autotune; append to your train_ppo_ray command line\n"
-    files = {ARGS_FILE: header + "\n".join(openrlhf_flags(cfg)) + "\n"}
+def to_openrlhf(cfg: TrialConfig, gpus: int | None = None) -> ExportOutput:
+    """openrlhf.args (one flag per line, for `$(grep -v '^#' openrlhf.args)`) plus the FRUGAL partition.
+
+    Args:
+        cfg: the trial's config.
+        gpus: GPUs per model (actor data-parallel size) the global batch flags are written for;
+            default the trial's world size, which a warning says.
+    """
+    n = export_gpus(cfg, gpus)
+    header = (f"# OpenRLHF 0.11 flags from autotune for {n} GPU(s) per model; append to your train_ppo_ray "
+              "command line\n")
+    files = {ARGS_FILE: header + "\n".join(openrlhf_flags(cfg, n)) + "\n"}
     files.update(partition_files(cfg))
     expressed = {"zero_stage", "offload_optimizer", "actor_gradient_checkpointing", "critic_gradient_checkpointing",
                  "offload_reference", "offload_reward"}
-    warnings = _warnings(cfg) + unexpressed(cfg, "OpenRLHF 0.11", expressed)
+    warnings = _warnings(cfg, gpus) + unexpressed(cfg, "OpenRLHF 0.11", expressed)
     return ExportOutput(files=files, warnings=tuple(warnings))

@@ -4,7 +4,8 @@ A `TorchDispatchMode` sees each aten op's outputs; an output whose schema says i
 alias annotation) and whose untyped storage is new is an allocation. `weakref.finalize` on that
 untyped storage reports its free. Storages are identified by their `StorageImpl` (`_cdata`), not
 by data_ptr, which is 0 for every fake tensor. Views and in-place results alias an input, so they
-never count twice. It works on real tensors and under `FakeTensorMode`, entered before or after
+never count twice. Storages on the meta device hold no memory (DeepSpeed's ZeRO-1/2 keeps a meta
+copy of every parameter), so they never count. It works on real tensors and under `FakeTensorMode`, entered before or after
 the fake mode: PyTorch keeps FakeTensorMode below user modes, so the tracer always sees fake outputs.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from autotune.memory.trace import ALLOC, EMPTY_CACHE, FREE, Trace
 logger = logging.getLogger(__name__)
 
 INITIAL_OP = "<initial>"
+_LIFT_FRESH = torch.ops.aten.lift_fresh.default
 
 
 class StorageListener(Protocol):
@@ -73,7 +75,10 @@ class StorageTracer(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         info = self._fresh.get(func)
         if info is None:
-            info = self._fresh[func] = (str(func), tuple(r.alias_info is None for r in func._schema.returns))
+            # lift_fresh wraps a tensor that torch.tensor() made below the dispatcher: it aliases its
+            # input by schema, but that input's storage is new, so it is an allocation all the same.
+            fresh = (True,) if func is _LIFT_FRESH else tuple(r.alias_info is None for r in func._schema.returns)
+            info = self._fresh[func] = (str(func), fresh)
         name, fresh = info
         if isinstance(out, torch.Tensor):
             self._see(out, name, fresh[0] if fresh else False)
@@ -85,7 +90,7 @@ class StorageTracer(TorchDispatchMode):
         return out
 
     def _see(self, t: torch.Tensor, op: str, fresh: bool) -> None:
-        if t.layout is not torch.strided:
+        if t.layout is not torch.strided or t.device.type == "meta":
             return
         storage = t.untyped_storage()
         entry = self._live.get(storage._cdata)
@@ -145,6 +150,8 @@ class StorageTracer(TorchDispatchMode):
         """
         before = self.live_bytes
         for t in tensors_of(objs):
+            if t.device.type == "meta":
+                continue
             storage = t.untyped_storage()
             entry = self._live.get(storage._cdata)
             if entry is None:

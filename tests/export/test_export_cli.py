@@ -1,6 +1,7 @@
 """`autotune export` and `autotune sync` through the real entry point (message and exit code)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,6 +53,36 @@ def test_export_prefers_the_saved_recommendation(in_tmp: Path, capsys: pytest.Ca
     TrialConfig().replace(**{"memory.zero_stage": 2}).dump(in_tmp / "runs" / "s" / "recommended.yaml")
     code, out, _ = run_cli(["export", "--study", "s", "--format", "openrlhf"], capsys)
     assert code == 0 and "--ds.zero_stage 2" in out
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n"])
+def test_an_empty_saved_recommendation_falls_back_to_the_storage(in_tmp: Path, capsys: pytest.CaptureFixture,
+                                                                  text: str) -> None:
+    records = tiny_study()
+    # the pick (trial 0) differs from the defaults, so an export of the defaults cannot pass
+    records[0] = dataclasses.replace(records[0], config=records[0].config.replace(**{"memory.zero_stage": 2}))
+    make_study("s", "sqlite:///runs/s/optuna.db", records)
+    (in_tmp / "runs" / "s" / "recommended.yaml").write_text(text)
+    code, out, err = run_cli(["export", "--study", "s", "--format", "yaml"], capsys)
+    assert code == 0, err
+    assert "recommended.yaml is empty" in err
+    exported = TrialConfig.from_dict(yaml.safe_load(out.split("\n", 1)[1]))
+    assert exported == records[0].config != TrialConfig()      # the study's pick, not the defaults
+
+
+def test_an_empty_config_file_is_an_error(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    (in_tmp / "empty.yaml").write_text("")
+    code, out, err = run_cli(["export", "--config", "empty.yaml", "--format", "yaml"], capsys)
+    assert code == 1 and out == ""
+    assert "error: empty.yaml: empty config file" in err
+
+
+def test_gpus_is_only_for_formats_with_global_batches(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    TrialConfig().dump(in_tmp / "c.yaml")
+    code, out, _ = run_cli(["export", "--config", "c.yaml", "--format", "openrlhf", "--gpus", "4"], capsys)
+    assert code == 0 and "--actor.num_gpus_per_node 4" in out and "--rollout.batch_size 32" in out
+    code, _, err = run_cli(["export", "--config", "c.yaml", "--format", "deepspeed", "--gpus", "4"], capsys)
+    assert code == 1 and "--gpus applies to --format openrlhf only" in err
 
 
 def test_unknown_format_lists_valid_ones(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:

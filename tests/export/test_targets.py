@@ -19,13 +19,12 @@ from autotune.export.features import frugal_models
 from tests.export.configs import CASES, GOLDEN_CONFIG, ZERO3_FRUGAL_CONFIG
 from tests.export.targets import openrlhf_parse, stub_modules, verl_compose
 
-# What the user adds to the exported flags for a one-GPU launch (OpenRLHF needs model paths).
-OPENRLHF_SITE_FLAGS = ["--actor.model_name_or_path", "actor", "--reward.model_name_or_path", "reward",
-                       "--actor.num_gpus_per_node", "1", "--critic.num_gpus_per_node", "1"]
+# What the user adds to the exported flags (OpenRLHF needs model paths); the GPU counts come from the export.
+OPENRLHF_SITE_FLAGS = ["--actor.model_name_or_path", "actor", "--reward.model_name_or_path", "reward"]
 
 
-def _openrlhf_argv(cfg: TrialConfig) -> list[str]:
-    text = export_config(cfg, "openrlhf").files["openrlhf.args"]
+def _openrlhf_argv(cfg: TrialConfig, gpus: int | None = None) -> list[str]:
+    text = export_config(cfg, "openrlhf", gpus=gpus).files["openrlhf.args"]
     return [tok for line in text.splitlines() if line and not line.startswith("#") for tok in line.split()]
 
 
@@ -65,6 +64,39 @@ def test_openrlhf_parser_accepts_the_export_and_builds_the_trials_deepspeed_conf
     # The reference model ends up offloaded exactly when the trial offloaded it and ZeRO-3 makes it act.
     assert (ref["offload_param"]["device"] == "cpu" and ref["stage"] == 3) == (
         m.offload_reference and m.zero_stage == 3)
+
+
+@pytest.mark.parametrize("gpus", [1, 8])
+@pytest.mark.parametrize("case", CASES)
+def test_openrlhf_start_up_checks_pass_at_the_exported_gpu_count(case: str, gpus: int) -> None:
+    """train_ppo_ray's own __main__ runs on the export for `gpus` GPUs, up to where it would start Ray."""
+    pytest.importorskip("openrlhf")
+    cfg = CASES[case]
+    args, strategy = openrlhf_parse(_openrlhf_argv(cfg, gpus) + OPENRLHF_SITE_FLAGS)
+    w = cfg.workload
+    assert args.actor.num_gpus_per_node == args.ref.num_gpus_per_node == gpus
+    # global flags: each GPU makes the trial's rollout and steps after one micro-batch, as the trial did
+    assert args.rollout.batch_size == w.batch_size * gpus
+    assert args.train.batch_size // args.train.micro_batch_size // gpus == 1
+    assert strategy.get_ds_train_config()["train_batch_size"] == w.micro_batch * gpus
+
+
+def test_openrlhf_gpu_count_defaults_to_the_trials_world_size(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("openrlhf")
+    cfg = CASES["golden"].replace(world_size=8)
+    output = export_config(cfg, "openrlhf")
+    assert any("written for 8 GPU(s)" in w and "--gpus" in w for w in output.warnings)
+    args, _ = openrlhf_parse(_openrlhf_argv(cfg) + OPENRLHF_SITE_FLAGS)
+    assert args.actor.num_gpus_per_node == 8 and args.rollout.batch_size == 8 * cfg.workload.batch_size
+    assert not any("--gpus not given" in w for w in export_config(cfg, "openrlhf", gpus=8).warnings)
+
+
+def test_openrlhf_stops_at_start_up_on_per_gpu_batches_and_its_default_gpu_count() -> None:
+    """Why the export scales: the trial's per-GPU batches alone fail OpenRLHF's own check at 8 GPUs."""
+    pytest.importorskip("openrlhf")
+    per_gpu = ["--rollout.batch_size", "8", "--rollout.micro_batch_size", "8", "--train.batch_size", "8"]
+    with pytest.raises(AssertionError, match="number of sample batches"):
+        openrlhf_parse(per_gpu + OPENRLHF_SITE_FLAGS)
 
 
 def test_openrlhf_ref_offload_below_zero3_does_nothing() -> None:

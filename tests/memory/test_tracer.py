@@ -200,3 +200,31 @@ def test_tracer_stacks_with_fake_tensor_mode_in_either_order():
         assert tracer.live_bytes == 4 * (64 * 32 + 64 + 8 * 64 + 8)
     assert inside.trace().nbytes.tolist() == outside.trace().nbytes.tolist()
     assert inside.peak_bytes == outside.peak_bytes
+
+
+def test_a_meta_tensor_counts_zero_bytes():
+    """DeepSpeed's ZeRO-1/2 keeps `zeros_like(param, device="meta")` per parameter: no memory."""
+    weight = torch.ones(1000)
+    with StorageTracer() as tracer:
+        tracer.track(torch.empty(64, device="meta"))
+        meta = torch.zeros_like(weight, device="meta")
+        real = torch.zeros_like(weight)
+    assert tracer.live_bytes == real.nbytes == 4000
+    assert meta.nbytes == 4000                          # a meta tensor has a size, but no storage behind it
+    assert [(e.nbytes, e.device) for e in tracer.trace().events()] == [(4000, "cpu")]
+
+
+def test_a_meta_tensor_counts_zero_bytes_under_fake_mode():
+    with FakeTensorMode(), StorageTracer() as tracer:
+        param = torch.empty(1000, device="cuda")
+        meta = torch.zeros_like(param, device="meta")
+    assert meta.device.type == "meta"
+    assert tracer.live_bytes == tracer.peak_bytes == param.nbytes == 4000
+
+
+def test_torch_tensor_from_data_is_an_allocation():
+    """torch.tensor() allocates below the dispatcher; the tracer sees it through aten.lift_fresh."""
+    with StorageTracer() as tracer:
+        scalar = torch.tensor([0], dtype=torch.int32)
+        view = scalar.view(1)
+    assert tracer.live_bytes == 4 and view.untyped_storage()._cdata == scalar.untyped_storage()._cdata
