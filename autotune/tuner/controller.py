@@ -29,11 +29,13 @@ from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
 from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
 from autotune.tuner import advisor, study as studies
+from autotune.tuner.convergence import progress_metrics
+from autotune.tuner.cost import recommendation_cost
 from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
 from autotune.tuner.launcher import Launcher, end_all
 from autotune.tuner.measure import Measurer
-from autotune.tuner.recommend import Policy, Recommendation, recommend_study, store_policy, write_outputs
+from autotune.tuner.recommend import Policy, Recommendation, recommend_study, store_policy, summary, write_outputs
 from autotune.tuner.scoring import score
 from autotune.tuner.space import SearchSpace, apply_params, distributions, params_for, suggest
 
@@ -113,6 +115,13 @@ def baseline_config(space: SearchSpace) -> TrialConfig:
     """AdamW with no interventions, on the space's base (model, workload, device, budget)."""
     optimizer = dataclasses.replace(space.base.optimizer, name="adamw", critic="adamw")
     return dataclasses.replace(space.base, optimizer=optimizer, memory=MemoryConfig())
+
+
+def recommendation_summary(recommendation: Recommendation, space: SearchSpace) -> str:
+    """The recommendation's summary with the predicted step-time cost of its savers against the baseline:
+    what `autotune search` prints, and the MLflow parent run's description."""
+    base = recommendation.baseline.config if recommendation.baseline is not None else baseline_config(space)
+    return summary(recommendation, cost=recommendation_cost(recommendation.record.config, base).describe())
 
 
 # The value of each dimension that keeps the least on the GPU; the corner trial takes every one the
@@ -453,15 +462,17 @@ class Controller:
                            feasible=outcome.feasible, advisor_reason=reason)
 
     def _after(self, record: TrialRecord, trial_dir: Path) -> None:
+        records = studies.records_of(self.study)
         if self.tracker is not None:
             self.tracker.log_trial(record, trial_dir if trial_dir.is_dir() else None)
+            self.tracker.log_progress(len(records), progress_metrics(records, self.budget_gb))
         with self.lock:
             self.last_advised = record.advisor_reason not in (None, "baseline")
             if self.settings.advisor:
                 # newest advice first (it reads the latest trial), each record's rules in their order
                 self.pending.extendleft(reversed([(p, record.config) for p in advisor.advise(record)]))
         if self.on_record is not None:
-            self.on_record(record, studies.records_of(self.study))
+            self.on_record(record, records)
 
     # -- queueing ------------------------------------------------------------------------------
     def _enqueue_baseline(self) -> None:
@@ -532,7 +543,8 @@ class Controller:
         if self.tracker is None:
             return
         if records is not None:
-            self.tracker.finish_search(records, recommendation, *self._outputs)
+            text = recommendation_summary(recommendation, self.space) if recommendation is not None else None
+            self.tracker.finish_search(records, recommendation, *self._outputs, summary=text)
         self.tracker.close(status)
 
     def _tracking_settings(self) -> dict[str, object]:
