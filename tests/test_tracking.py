@@ -350,12 +350,14 @@ def test_summary_markdown_lists_each_figure() -> None:
                                       "- **reward**: 0.5 (baseline 0.4)\n- **why**: lowest peak")
 
 
-def test_the_experiment_is_marked_for_model_development(logged_search: LoggedSearch, tracking_uri: str) -> None:
+def test_the_experiment_is_marked_for_model_development(logged_search: LoggedSearch, tracking_uri: str,
+                                                         tmp_path: Path) -> None:
     client = _client(tracking_uri)
     ((key, value),) = EXPERIMENT_KIND.items()
     assert (key, value) == ("mlflow.experimentKind", "custom_model_development")
     assert client.get_experiment(logged_search.parent.info.experiment_id).tags[key] == value
-    older = client.create_experiment("study-older")     # as an autotune before the tag made it
+    # as an autotune before the tag made it
+    older = client.create_experiment("study-older", artifact_location=tmp_path.as_uri())
     StudyTracker("study-older", "sqlite:///optuna.db", tracking_uri).sync(tiny_study()[:1], None)
     assert client.get_experiment(older).tags[key] == value
 
