@@ -170,14 +170,18 @@ def test_parent_overview_shows_the_description_and_the_progress_metrics(page, ui
     # the description rendered as markdown: a heading, not the raw "###" text
     page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
     assert page.get_by_text("### Recommended").count() == 0
+    more = page.get_by_text("Show more", exact=True)      # MLflow folds a long description
+    if more.count():
+        more.first.click()
     figure = page.locator('img[src*="get-artifact?path=pareto.png"]').first
-    figure.wait_for(timeout=30_000)
+    figure.wait_for(state="visible", timeout=30_000)
     page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=figure.element_handle(), timeout=30_000)
     assert figure.evaluate("el => el.naturalWidth") == 960                     # the Pareto figure itself
     for key in ("best_feasible_reward", "lowest_feasible_peak_gb", "front_size", "hypervolume_share"):
         page.get_by_text(key, exact=True).first.wait_for(timeout=30_000)
     assert children
     shot = tmp_path / "mlflow_parent_overview.png"
-    page.screenshot(path=str(shot), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1500})   # the page scrolls inside: show it whole
+    page.screenshot(path=str(shot))
     assert shot.stat().st_size > 20_000
     _save_for_docs(shot, DOCS_OVERVIEW)
