@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 from autotune import owner
-from autotune.config import flatten
+from autotune.config import MemoryConfig, PartitionSpec, TrialConfig, flatten
 from autotune.errors import ConfigError, TrackingError
 from autotune.pareto_plot import write_pareto_figures
 from autotune.result import TrialRecord
@@ -37,8 +38,14 @@ TAG_REASON = "advisor_reason"
 TAG_RECOMMENDED = "recommended"
 TAG_PARENT = "mlflow.parentRunId"         # what makes the MLflow UI nest a run under another
 TAG_OWNER = "autotune.owner"              # the process that holds a parent run open (autotune.owner)
-# Opens the experiment in the UI's "Model training" view (runs table, charts) rather than the GenAI one.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+TAG_NOTE = "mlflow.note.content"          # a run's description: markdown on the run's Overview
+# Marks the experiment as model development (MLflow 3's ExperimentKind CUSTOM_MODEL_DEVELOPMENT), not
+# GenAI. The UI of MLflow 3.17 reads the mode from its workflowType (URL or browser storage) first,
+# so the links autotune prints also carry workflowType=machine_learning (see experiment_url).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = {TAG_EXPERIMENT_KIND: "custom_model_development"}
+UI_MODE = "workflowType=machine_learning"
+PARETO_FIGURE = "pareto.png"             # the parent's figure, as write_pareto_figures names it
 TRIAL_FILES = ("trial.yaml", "result.json", "timeline.png")
 # A trial that never ran (prescreened) is KILLED, a crashed one FAILED; both stay visible in the UI.
 _RUN_STATUS = {"ok": "FINISHED", "prescreened": "KILLED"}
@@ -55,6 +62,101 @@ class RecommendationLike(Protocol):
     record: TrialRecord
     policy: str
     reason: str
+
+
+# Short labels for the memory knobs a child run's name lists (see run_name); a knob not here is
+# named by its key and value.
+_KNOB_LABELS = {
+    "offload_reference": "offload-ref", "offload_reward": "offload-rm", "offload_optimizer": "offload-opt",
+    "static_kv_cache": "static-kv", "allocator.expandable_segments": "expandable",
+}
+
+
+def knob_labels(config: TrialConfig) -> list[str]:
+    """The config's optimizer and memory knobs that differ from the defaults, as short labels.
+
+    e.g. ["frugal0.25+critic", "ckpt", "offload-ref"]; ["adamw"] for the plain AdamW baseline.
+    """
+    opt = config.optimizer
+    part = opt.partition
+    frugal = f"frugal{part.density:g}" + (f"-{part.placement}" if part.placement != PartitionSpec().placement else "")
+    if opt.name == "frugal":
+        labels = [frugal + ("+critic" if opt.critic == "frugal" else "")]
+    else:
+        labels = ["adamw"] + ([f"critic-{frugal}"] if opt.critic == "frugal" else [])
+    memory, default = flatten(config.memory), flatten(MemoryConfig())
+    changed = {key: value for key, value in memory.items() if value != default.get(key)}
+    actor, critic = (changed.pop(f"{m}_gradient_checkpointing", False) for m in ("actor", "critic"))
+    if actor or critic:   # both models: the usual pairing, one short word
+        labels.append("ckpt" if actor and critic else "ckpt-actor" if actor else "ckpt-critic")
+    for key, value in changed.items():
+        if key == "empty_cache_after":
+            labels.append("empty-cache:" + ",".join(str(phase) for phase in value))  # type: ignore[union-attr]
+        elif key == "zero_stage":
+            labels.append(f"zero{value}")
+        elif value is True and key in _KNOB_LABELS:
+            labels.append(_KNOB_LABELS[key])
+        else:
+            labels.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return labels
+
+
+def run_name(record: TrialRecord) -> str:
+    """A child run's name that says what the trial was, e.g. "#9 frugal0.25+critic ckpt offload-ref"."""
+    return " ".join([f"#{record.number}", *knob_labels(record.config)])
+
+
+def summary_markdown(text: str) -> str:
+    """The tuner's plain-text summary as markdown: the first line a heading, "  key   value" lines a list.
+
+    The summary aligns its figures in columns for a terminal; markdown collapses the spaces, so each
+    figure becomes a "**key**: value" item instead. Other lines are kept as they are.
+    """
+    lines = text.strip("\n").splitlines()
+    if not lines:
+        return ""
+    out = [f"### {lines[0].strip()}", ""]
+    for line in lines[1:]:
+        item = re.match(r"^\s+(?:([a-z][\w-]*(?: [\w-]+)*):\s+|([a-z][\w-]*(?: [\w-]+)*)\s{2,})(\S.*)$", line)
+        if item:
+            out.append(f"- **{item.group(1) or item.group(2)}**: {item.group(3)}")
+        elif line.startswith(" "):
+            out.append(f"- {line.strip()}")
+        else:
+            out += ["", line]
+    return "\n".join(out)
+
+
+def parent_description(*, study_name: str, recommendation: RecommendationLike | None, summary: str | None,
+                       extra_markdown: str | None, run_id: str, experiment_id: str, n_trials: int) -> str:
+    """The parent run's description (markdown): the recommendation, then the Pareto figure.
+
+    Args:
+        summary: the tuner's summary text (autotune.tuner.recommend.summary); None builds a shorter
+            one from `recommendation` (e.g. `autotune pareto --log`, which has no step-time cost).
+        extra_markdown: a block shown after the summary as it is, e.g. a per-GPU table.
+        run_id, experiment_id: the parent run's, for links to its figure and artifacts. The links
+            are relative to the UI, so they work behind any host and port.
+    """
+    if summary:
+        parts = [summary_markdown(summary)]
+    elif recommendation is not None:
+        rec = recommendation.record
+        lines = [f"Recommended: trial #{rec.number} ({rec.advisor_reason or 'sampled'}), policy {recommendation.policy}"]
+        lines += [f"  {key.removesuffix('_source')} source: {value}" for key, value in source_fields(rec).items()
+                  if key != "reward_key"]
+        lines.append(f"  why: {recommendation.reason}")
+        parts = [summary_markdown("\n".join(lines))]
+    else:
+        parts = [f"### No recommendation\n\nNo feasible trial among the {n_trials} trials of {study_name}."]
+    if extra_markdown:
+        parts.append(extra_markdown.strip("\n"))
+    figure = f"get-artifact?path={PARETO_FIGURE}&run_uuid={run_id}"
+    artifacts = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts?{UI_MODE}"
+    parts.append(f"**Pareto front** of {n_trials} trials: [the figure]({figure}) · "
+                 f"[all artifacts]({artifacts}) (pareto.html to zoom, pareto.json, recommended.yaml)\n\n"
+                 f"![Pareto front: reward against peak reserved memory]({figure})")
+    return "\n\n".join(parts) + "\n"
 
 
 def default_tracking_uri(runs_dir: str | Path = "runs") -> str:
@@ -180,9 +282,24 @@ class StudyTracker:
         self._log_trial(self._parent(), record, trial_dir)
 
     @_never_raises
+    def log_progress(self, step: int, metrics: dict[str, float]) -> None:
+        """Log the search's progress on the parent run at `step` (the number of finished trials).
+
+        `metrics` comes from autotune.tuner.convergence.progress_metrics; MLflow charts each one
+        against the step, so the parent's chart view shows the search converging.
+        """
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._connect().log_batch(self._parent(), metrics=[Metric(key, float(value), now, step)
+                                                           for key, value in metrics.items()])
+
+    @_never_raises
     def finish_search(self, records: list[TrialRecord], recommendation: RecommendationLike | None,
-                      pareto_json: Path | None, recommended_yaml: Path | None) -> None:
-        """Put the Pareto figure, pareto.json and recommended.yaml on the parent run; tag the recommended run."""
+                      pareto_json: Path | None, recommended_yaml: Path | None, *, summary: str | None = None,
+                      extra_markdown: str | None = None) -> None:
+        """Put the Pareto figure, pareto.json and recommended.yaml on the parent run; tag the recommended run;
+        write the parent's description (see parent_description for `summary` and `extra_markdown`)."""
         parent = self._parent()
         client = self._connect()
         number = recommendation.record.number if recommendation is not None else None
@@ -195,6 +312,9 @@ class StudyTracker:
                 client.log_artifact(parent, str(path))
         if recommendation is not None:
             self._tag_recommended(parent, recommendation)
+        client.set_tag(parent, TAG_NOTE, parent_description(
+            study_name=self.study_name, recommendation=recommendation, summary=summary,
+            extra_markdown=extra_markdown, run_id=parent, experiment_id=self.experiment_id, n_trials=len(records)))
 
     @_never_raises
     def close(self, status: str = "FINISHED") -> None:
@@ -261,6 +381,9 @@ class StudyTracker:
             found = client.get_experiment_by_name(self.study_name)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                if found.tags.get(TAG_EXPERIMENT_KIND) is None:   # made by an autotune without the tag
+                    client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND,
+                                              EXPERIMENT_KIND[TAG_EXPERIMENT_KIND])
                 return self._experiment_id
             try:
                 self._experiment_id = client.create_experiment(
@@ -330,7 +453,7 @@ class StudyTracker:
 
         client = self._connect()
         tags = {**trial_tags(self.study_name, record), TAG_PARENT: parent}
-        run_id = client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{record.number}").info.run_id
+        run_id = client.create_run(self.experiment_id, tags=tags, run_name=run_name(record)).info.run_id
         _log_params(client, run_id, {**flatten(record.config), **source_fields(record)})
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, 0) for key, value in trial_metrics(record).items()]
@@ -482,4 +605,4 @@ def experiment_url(tracking_uri: str, study_name: str, base_url: str) -> str:
     if found is None:
         return base_url
     # MLflow 3's UI opens in its GenAI view by default; ask for the runs table of "Model training".
-    return f"{base_url}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+    return f"{base_url}/#/experiments/{found.experiment_id}/runs?{UI_MODE}"

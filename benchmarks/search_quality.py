@@ -37,6 +37,7 @@ import numpy as np
 
 from autotune.config import TrialConfig
 from autotune.result import TrialRecord, TrialResult
+from autotune.tuner.convergence import hypervolume as exact_hypervolume
 from benchmarks import search_lookup as lookup
 from benchmarks.common import TAG_HELP, Column, OutputDirs, num, output_name, pct, print_table, pyplot, write_results
 
@@ -248,13 +249,7 @@ def record_point(record: TrialRecord, budget_gb: float) -> Point:
 
 def hypervolume(points: Sequence[Point], budget_gb: float, floor: float) -> float:
     """Area of the (reward up, peak down) plane the feasible points dominate, reference (floor, budget)."""
-    from optuna._hypervolume import compute_hypervolume  # Optuna's exact implementation
-
-    pts = [(-p.reward, p.peak_reserved_gb) for p in points
-           if p.feasible and p.reward > floor and p.peak_reserved_gb < budget_gb]
-    if not pts:
-        return 0.0
-    return float(compute_hypervolume(np.array(pts), np.array([-floor, budget_gb])))
+    return exact_hypervolume([(p.reward, p.peak_reserved_gb) for p in points if p.feasible], (floor, budget_gb))
 
 
 def ratios(point: Point | None, baseline: Point) -> tuple[float | None, float | None]:

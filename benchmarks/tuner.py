@@ -28,10 +28,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from autotune.result import TrialRecord
 from autotune.tuner.controller import SearchSettings, run_search
+from autotune.tuner.convergence import hypervolume as exact_hypervolume
 from autotune.tuner.launcher import TRIAL_COMMAND, Launcher
 from autotune.tuner.space import load_space
 from benchmarks.common import Column, OutputDirs, num, pct, print_table, write_results
@@ -59,14 +58,9 @@ class Row:
 
 def hypervolume(records: list[TrialRecord], budget_gb: float) -> float:
     """Area dominated by the feasible (reward, peak) points, reference (0, budget), in reward x GiB."""
-    from optuna._hypervolume import compute_hypervolume  # Optuna's exact WFG implementation
-
-    points = [(-r.result.reward, r.result.memory.peak_reserved_gb) for r in records
-              if r.feasible and r.result.reward is not None and r.result.memory is not None
-              and r.result.reward > 0 and r.result.memory.peak_reserved_gb < budget_gb]
-    if not points:
-        return 0.0
-    return float(compute_hypervolume(np.array(points), np.array([0.0, budget_gb])))
+    points = [(r.result.reward, r.result.memory.peak_reserved_gb) for r in records
+              if r.feasible and r.result.reward is not None and r.result.memory is not None]
+    return exact_hypervolume(points, (0.0, budget_gb))
 
 
 def run_arm(arm: str, seed: int, checkpoints: tuple[int, ...], *, launcher: Launcher,

@@ -1,6 +1,7 @@
 """StudyTracker against a real MLflow on the SQLite backend in a temporary folder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -14,7 +15,9 @@ from autotune.config import TrialConfig
 from autotune.errors import ConfigError
 from autotune.result import TrialRecord
 from autotune.tracking import (
+    EXPERIMENT_KIND,
     TAG_KIND,
+    TAG_NOTE,
     TAG_PARENT,
     TAG_RECOMMENDED,
     TAG_STUDY,
@@ -23,8 +26,11 @@ from autotune.tracking import (
     TrackingError,
     artifact_location,
     default_tracking_uri,
+    run_name,
+    summary_markdown,
     ui_argv,
 )
+from autotune.tuner.recommend import Recommendation, summary
 
 from tests.export.study_factory import tiny_study
 
@@ -82,6 +88,9 @@ def test_default_tracking_uri_is_embedded_sqlite(monkeypatch: pytest.MonkeyPatch
     assert artifact_location("sqlite:////x/runs/mlflow.db", "s") == "file:///x/runs/mlartifacts/s"
 
 
+PER_GPU_TABLE = "| GPU | fits |\n|---|---|\n| A100 40 GB | yes |"
+
+
 @dataclass(frozen=True)
 class LoggedSearch:
     uri: str
@@ -102,12 +111,15 @@ def logged_search(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -
     (trial_dir / "timeline.png").write_bytes(b"\x89PNG\r\n\x1a\nstub")
     (folder / "pareto.json").write_text(json.dumps({"front": [0, 1]}))
     records[0].config.dump(folder / "recommended.yaml")
+    text = summary(Recommendation(record=records[0], baseline=records[0], policy="max-reward",
+                                  reason="best reward on the front"), cost="none (no saver)")
 
     tracker = StudyTracker("study-a", "sqlite:///optuna.db", tracking_uri)
     tracker.start_search({"trials": 5, "sampler": "tpe", "space": {"name": "ci-tiny"}})
     for record in records:
         tracker.log_trial(record, folder / "trials" / str(record.number))
-    tracker.finish_search(records, _Recommendation(records[0]), folder / "pareto.json", folder / "recommended.yaml")
+    tracker.finish_search(records, _Recommendation(records[0]), folder / "pareto.json", folder / "recommended.yaml",
+                          summary=text, extra_markdown=PER_GPU_TABLE)
     tracker.close()
     assert not tracker.down
 
@@ -305,3 +317,93 @@ def test_sync_refuses_a_store_that_is_not_mlflows(tmp_path: Path) -> None:
     with pytest.raises(TrackingError, match="not an MLflow store"):
         StudyTracker("s", "sqlite:///x.db", f"sqlite:///{optuna_db}").sync(tiny_study()[:1], None)
     assert optuna_db.read_bytes() == before
+
+
+def test_the_parent_description_holds_the_recommendation(logged_search: LoggedSearch) -> None:
+    note = logged_search.parent.data.tags[TAG_NOTE]
+    run_id = logged_search.parent.info.run_id
+    assert note.startswith("### Recommended: trial #0 (baseline), policy max-reward")
+    assert "- **sources**: memory: llama-1b, planned (simulator); reward: smollm2-135m proxy, 8 steps" in note
+    assert "- **peak reserved**: 2 GiB (baseline 2 GiB, +0%; 1.00x)" in note      # the gain over the baseline
+    assert "- **step-time cost**: predicted: none (no saver)" in note                # and what it costs
+    assert "- **why**: best reward on the front" in note
+    assert PER_GPU_TABLE in note
+    assert f"](get-artifact?path=pareto.png&run_uuid={run_id})" in note              # link and image
+    assert f"#/experiments/{logged_search.parent.info.experiment_id}/runs/{run_id}/artifacts" in note
+
+
+def test_without_a_summary_the_description_still_says_what_won_and_why(tracking_uri: str) -> None:
+    records = tiny_study()[:3]
+    tracker = StudyTracker("study-note", "sqlite:///optuna.db", tracking_uri)
+    tracker.start_search({})
+    tracker.finish_search(records, _Recommendation(records[1]), None, None)   # as `autotune pareto --log`
+    tracker.close()
+    (parent,) = [r for r in _runs(tracking_uri, "study-note") if r.data.tags.get(TAG_KIND) == "search"]
+    note = parent.data.tags[TAG_NOTE]
+    assert note.startswith("### Recommended: trial #1 (empty_cache after generation), policy max-reward")
+    assert "- **why**: best reward on the front" in note and "pareto.png" in note
+
+
+def test_summary_markdown_lists_each_figure() -> None:
+    text = "Recommended: trial #3 (sampled), policy min-memory\n  reward          0.5 (baseline 0.4)\n  why: lowest peak"
+    assert summary_markdown(text) == ("### Recommended: trial #3 (sampled), policy min-memory\n\n"
+                                      "- **reward**: 0.5 (baseline 0.4)\n- **why**: lowest peak")
+
+
+def test_the_experiment_is_marked_for_model_development(logged_search: LoggedSearch, tracking_uri: str,
+                                                         tmp_path: Path) -> None:
+    client = _client(tracking_uri)
+    ((key, value),) = EXPERIMENT_KIND.items()
+    assert (key, value) == ("mlflow.experimentKind", "custom_model_development")
+    assert client.get_experiment(logged_search.parent.info.experiment_id).tags[key] == value
+    # as an autotune before the tag made it
+    older = client.create_experiment("study-older", artifact_location=tmp_path.as_uri())
+    StudyTracker("study-older", "sqlite:///optuna.db", tracking_uri).sync(tiny_study()[:1], None)
+    assert client.get_experiment(older).tags[key] == value
+
+
+def test_child_run_names_carry_the_knobs(logged_search: LoggedSearch) -> None:
+    records = tiny_study()
+    for number, child in logged_search.children.items():
+        assert child.info.run_name == run_name(records[number])
+    assert logged_search.children[0].info.run_name == "#0 adamw"          # the baseline: nothing changed
+    assert logged_search.children[1].info.run_name == "#1 adamw zero1"
+    config = TrialConfig().replace(**{
+        "optimizer.name": "frugal", "optimizer.critic": "frugal", "optimizer.partition.density": 0.25,
+        "memory.actor_gradient_checkpointing": True, "memory.critic_gradient_checkpointing": True,
+        "memory.offload_reference": True})
+    assert run_name(dataclasses.replace(records[0], number=9, config=config)) == "#9 frugal0.25+critic ckpt offload-ref"
+    config = TrialConfig().replace(**{
+        "optimizer.critic": "frugal", "optimizer.partition.placement": "top", "memory.actor_gradient_checkpointing": True,
+        "memory.empty_cache_after": ("generation", "actor_train"), "memory.allocator.max_split_size_mb": 64})
+    assert run_name(dataclasses.replace(records[0], number=2, config=config)) == (
+        "#2 adamw critic-frugal0.25-top ckpt-actor empty-cache:generation,actor_train max_split_size_mb=64")
+
+
+def test_a_search_logs_one_progress_step_per_finished_trial(tracking_uri: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from autotune.tuner.controller import SearchSettings, run_search
+    from tests.tuner.tuner_helpers import BUDGET_GB, ci_space, fake_launcher
+
+    monkeypatch.chdir(tmp_path)
+    n = 4
+    outcome = run_search(SearchSettings(study="study-progress", space=ci_space(), n_trials=n, budget_gb=BUDGET_GB,
+                                        seed=0, heartbeat_interval_s=1, launcher=fake_launcher(),
+                                        tracking_uri=tracking_uri))
+    runs = _runs(tracking_uri, "study-progress")
+    (parent,) = [r for r in runs if r.data.tags.get(TAG_KIND) == "search"]
+    client = _client(tracking_uri)
+    history = {key: sorted((m.step, m.value) for m in client.get_metric_history(parent.info.run_id, key))
+               for key in ("front_size", "hypervolume_share", "best_feasible_reward", "lowest_feasible_peak_gb")}
+    assert [step for step, _ in history["front_size"]] == list(range(1, n + 1))
+    assert [step for step, _ in history["hypervolume_share"]] == list(range(1, n + 1))
+    assert all(0.0 <= share <= 1.0 for _, share in history["hypervolume_share"])
+    feasible = [r for r in sorted(outcome.records, key=lambda r: r.number) if r.feasible and r.result.ok]
+    assert feasible, "the fake trials should give a feasible trial within the budget"
+    assert history["best_feasible_reward"][-1][1] == pytest.approx(max(r.result.reward for r in feasible))
+    assert history["lowest_feasible_peak_gb"][-1][1] == pytest.approx(
+        min(r.result.memory.peak_reserved_gb for r in feasible))
+    # the description is the summary `search` prints, with the step-time cost
+    rec = outcome.recommendation
+    assert parent.data.tags[TAG_NOTE].startswith(f"### Recommended: trial #{rec.record.number} ")
+    assert "**step-time cost**" in parent.data.tags[TAG_NOTE]

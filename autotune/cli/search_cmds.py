@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -12,9 +11,6 @@ from autotune.errors import ConfigError
 from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, DEFAULT_REWARD_STEPS, MAX_REWARD_SEEDS, MAX_REWARD_STEPS
 from autotune.tuner.recommend import DEFAULT_MIN_KEPT, POLICIES, REFERENCES
 from autotune.tuner.study import MAX_SEED, SAMPLERS
-
-if TYPE_CHECKING:
-    from autotune.tuner.recommend import Recommendation
 
 _DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
@@ -40,14 +36,6 @@ def _terminate_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-
-
-def _cost(recommendation: Recommendation, device_class: str | None, budget_gb: float) -> str:
-    """The recommended config's predicted step time by phase, on the study's device class."""
-    from autotune.tuner import step_time
-
-    dev = step_time.device(device_class) if device_class else step_time.device_for_budget(budget_gb)
-    return f"predicted on {dev.name}: {step_time.predict(recommendation.record.config, dev).describe()}"
 
 
 def _quiet_optuna() -> None:
@@ -132,12 +120,11 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     Re-running the same command resumes the study; other machines join it with the same --storage.
     Ctrl-C or SIGTERM ends the running trial and re-queues it; the same command then resumes.
     """
-    from autotune.tuner.by_gpu import by_gpu, table_text
+    from autotune.tuner.by_gpu import table_text
     from autotune.tuner.controller import SearchSettings, run_search
     from autotune.tuner.fidelity import choose_budget, detect_gpus
     from autotune.tuner.launcher import PLAN_COMMAND, REWARD_COMMAND, TRIAL_COMMAND, Launcher
     from autotune.tuner.progress import SearchProgress
-    from autotune.tuner.recommend import summary
     from autotune.tuner.space import load_space
 
     from autotune.tuner.study import study_dir
@@ -185,14 +172,13 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
               if outcome.reward_runs or outcome.reward_hits else "")
     click.echo(f"study {settings.study}: {len(outcome.records)} trials, {outcome.trials_run} run now{shared}; "
                f"controller overhead {outcome.overhead_share:.1%} of trial time")
-    table = table_text(by_gpu(list(outcome.records), budget_gb=budget.gb, min_reward_ratio=min_reward_ratio,
-                              reference=reward_reference))
+    table = table_text(list(outcome.by_gpu))
     if outcome.recommendation is None:
         click.echo(f"no feasible trial within {budget.gb:g} GiB: nothing to recommend "
                    "(raise --budget-gb or widen the space)")
         click.echo(table)
         return
-    click.echo(summary(outcome.recommendation, cost=_cost(outcome.recommendation, device_class, budget.gb)))
+    click.echo(outcome.summary)
     click.echo(table)
     click.echo(f"wrote runs/{settings.study}/recommended.yaml and runs/{settings.study}/pareto.json")
 

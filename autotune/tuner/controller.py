@@ -28,13 +28,14 @@ from autotune.config import MemoryConfig, TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
 from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, MAX_REWARD_SEEDS, MAX_REWARD_STEPS
-from autotune.tuner import advisor, study as studies
-from autotune.tuner.by_gpu import by_gpu
+from autotune.tuner import advisor, step_time, study as studies
+from autotune.tuner.by_gpu import GpuRow, by_gpu, table_markdown
+from autotune.tuner.convergence import progress_metrics
 from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
 from autotune.tuner.launcher import Launcher, end_all
 from autotune.tuner.measure import Measurer
-from autotune.tuner.recommend import (DEFAULT_MIN_KEPT, Policy, Recommendation, recommend_study, store_policy,
+from autotune.tuner.recommend import (DEFAULT_MIN_KEPT, Policy, Recommendation, recommend_study, store_policy, summary,
                                       write_outputs)
 from autotune.tuner.scoring import score
 from autotune.tuner.space import SearchSpace, apply_params, distributions, params_for, suggest
@@ -88,6 +89,8 @@ class SearchOutcome:
 
     records: tuple[TrialRecord, ...]
     recommendation: Recommendation | None
+    summary: str | None = None              # the recommendation's summary, as printed and in MLflow
+    by_gpu: tuple[GpuRow, ...] = ()         # the fastest config for each card size
     trials_run: int
     trial_wall_s: float                     # controller wall time per trial, summed (claim to record)
     subprocess_s: float                     # of which the trial subprocesses ran
@@ -118,6 +121,13 @@ def baseline_config(space: SearchSpace) -> TrialConfig:
     """AdamW with no interventions, on the space's base (model, workload, device, budget)."""
     optimizer = dataclasses.replace(space.base.optimizer, name="adamw", critic="adamw")
     return dataclasses.replace(space.base, optimizer=optimizer, memory=MemoryConfig())
+
+
+def recommendation_summary(recommendation: Recommendation, device: step_time.Device) -> str:
+    """The recommendation's summary with its predicted step time by phase on `device`: what
+    `autotune search` prints, and the MLflow parent run's description."""
+    cost = f"predicted on {device.name}: {step_time.predict(recommendation.record.config, device).describe()}"
+    return summary(recommendation, cost=cost)
 
 
 # The value of each dimension that keeps the least on the GPU; the corner trial takes every one the
@@ -461,15 +471,17 @@ class Controller:
                            feasible=outcome.feasible, advisor_reason=reason)
 
     def _after(self, record: TrialRecord, trial_dir: Path) -> None:
+        records = studies.records_of(self.study)
         if self.tracker is not None:
             self.tracker.log_trial(record, trial_dir if trial_dir.is_dir() else None)
+            self.tracker.log_progress(len(records), progress_metrics(records, self.budget_gb))
         with self.lock:
             self.last_advised = record.advisor_reason not in (None, "baseline")
             if self.settings.advisor:
                 # newest advice first (it reads the latest trial), each record's rules in their order
                 self.pending.extendleft(reversed([(p, record.config) for p in advisor.advise(record)]))
         if self.on_record is not None:
-            self.on_record(record, studies.records_of(self.study))
+            self.on_record(record, records)
 
     # -- queueing ------------------------------------------------------------------------------
     def _enqueue_baseline(self) -> None:
@@ -527,24 +539,29 @@ class Controller:
             recommendation = recommend_study(self.study, records)
         except NoFeasibleTrialError as exc:
             log.warning("no recommendation: %s", exc)
+        rows = by_gpu(records, budget_gb=self.budget_gb, min_reward_ratio=self.settings.min_reward_ratio,
+                      reference=self.settings.reward_reference)
+        text = None
         if recommendation is not None:
-            rows = by_gpu(records, budget_gb=self.budget_gb, min_reward_ratio=self.settings.min_reward_ratio,
-                          reference=self.settings.reward_reference)
             self._outputs = write_outputs(recommendation, records, studies.study_dir(self.settings.study),
                                           by_gpu=[row.to_dict() for row in rows])
-        self._close(recommendation, records=records)
-        return SearchOutcome(records=tuple(records), recommendation=recommendation, trials_run=len(self._timings),
+            text = recommendation_summary(recommendation, self.measurer.device)
+        self._close(recommendation, records=records, summary_text=text, rows=rows)
+        return SearchOutcome(records=tuple(records), recommendation=recommendation, summary=text, by_gpu=tuple(rows),
+                             trials_run=len(self._timings),
                              trial_wall_s=sum(t for t, _ in self._timings),
                              subprocess_s=sum(s for _, s in self._timings), memory_mode=self.measurer.mode,
                              reward_runs=self.measurer.reward_runs, reward_hits=self.measurer.reward_hits,
                              settling_runs=self.measurer.settling_runs)
 
     def _close(self, recommendation: Recommendation | None, status: str = "FINISHED",
-               records: list[TrialRecord] | None = None) -> None:
+               records: list[TrialRecord] | None = None, summary_text: str | None = None,
+               rows: list[GpuRow] | None = None) -> None:
         if self.tracker is None:
             return
         if records is not None:
-            self.tracker.finish_search(records, recommendation, *self._outputs)
+            self.tracker.finish_search(records, recommendation, *self._outputs, summary=summary_text,
+                                       extra_markdown=table_markdown(rows) if rows else None)
         self.tracker.close(status)
 
     def _tracking_settings(self) -> dict[str, object]:
