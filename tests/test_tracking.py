@@ -325,7 +325,7 @@ def test_the_parent_description_holds_the_recommendation(logged_search: LoggedSe
     assert note.startswith("### Recommended: trial #0 (baseline), policy max-reward")
     assert "- **sources**: memory: llama-1b, planned (simulator); reward: smollm2-135m proxy, 8 steps" in note
     assert "- **peak reserved**: 2 GiB (baseline 2 GiB, +0%; 1.00x)" in note      # the gain over the baseline
-    assert "- **step-time cost**: predicted: none (no saver)" in note                # and what it costs
+    assert "- **step time by phase**: none (no saver)" in note                       # and what it costs
     assert "- **why**: best reward on the front" in note
     assert PER_GPU_TABLE in note
     assert f"](get-artifact?path=pareto.png&run_uuid={run_id})" in note              # link and image
@@ -406,4 +406,4 @@ def test_a_search_logs_one_progress_step_per_finished_trial(tracking_uri: str, t
     # the description is the summary `search` prints, with the step-time cost
     rec = outcome.recommendation
     assert parent.data.tags[TAG_NOTE].startswith(f"### Recommended: trial #{rec.record.number} ")
-    assert "**step-time cost**" in parent.data.tags[TAG_NOTE]
+    assert "**step time by phase**" in parent.data.tags[TAG_NOTE]

@@ -39,10 +39,13 @@ POLICIES = ("fastest", "max-reward", "min-memory")
 REFERENCES = ("baseline", "best")
 STUDY_ATTR_POLICY = "autotune.policy"
 TIE_STANDARD_ERRORS = 2.0
-# The share of the baseline's reward gain a saver must keep, at its lower bound (kept - 2 SE). See
-# docs/RESULTS.md, "The reward floor": the corner of the default space keeps 0.94 of the gain after
-# 64 proxy steps, with a standard error of about 0.03 over two seeds.
-DEFAULT_MIN_KEPT = 0.9
+# The share of the baseline's reward gain a saver must keep, at its lower bound (kept - 2 SE). Measured
+# on the default proxy (llama-tiny-16, 64 steps, 2 seeds; docs/RESULTS.md "The reward floor"): a
+# config whose seeds differ from the baseline's by the usual spread has a kept-gain SE of about 0.07,
+# so one that learns exactly as well as the baseline has a lower bound near 0.86. A floor of 0.8 lets
+# such a config through and stops one that keeps less than about 0.94 on average; 0.95 would stop
+# every saver at two seeds.
+DEFAULT_MIN_KEPT = 0.8
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -178,24 +178,25 @@ def test_reward_runs_double_until_the_baseline_learns(tmp_path: Path, monkeypatc
     _host(monkeypatch, 0.5)
     log = tmp_path / "rewards.log"
     monkeypatch.setenv("FAKE_REWARD_LOG", str(log))
-    monkeypatch.setenv("FAKE_REWARD_LEARNS_AT", "64")
+    monkeypatch.setenv("FAKE_REWARD_LEARNS_AT", "128")
     notes: list[str] = []
     run_search(_settings("longer", 3, reward_proxy="llama-small", reward_steps=None, reward_seeds=2),
                on_note=notes.append)
     steps = [int(line.split()[1]) for line in log.read_text().splitlines()]
-    assert steps[:2] == [32, 64] and set(steps[2:]) <= {64}   # the baseline at 32, then 64; every other run at 64
-    assert any("32 steps are too short" in n and "doubling to 64 steps" in n for n in notes)
-    assert any(n.startswith("reward runs: 64 steps x 2 seeds: the baseline's gain") and n.endswith(": learned")
+    # the baseline at 64 steps, then 128; every other run at 128
+    assert steps[:2] == [64, 128] and set(steps[2:]) <= {128}
+    assert any("64 steps are too short" in n and "doubling to 128 steps" in n for n in notes)
+    assert any(n.startswith("reward runs: 128 steps x 2 seeds: the baseline's gain") and n.endswith(": learned")
                for n in notes)
     scored = [r for r in load_records("longer") if r.result.reward_key]
-    assert scored and all(r.result.reward_source == "llama-small proxy, 64 steps, 2 seeds" for r in scored)
+    assert scored and all(r.result.reward_source == "llama-small proxy, 128 steps, 2 seeds" for r in scored)
     # a resume trains the same length without settling again
     log.unlink()
     notes.clear()
     run_search(_settings("longer", 4, reward_proxy="llama-small", reward_steps=None, reward_seeds=2),
                on_note=notes.append)
-    assert any("64 steps x 2 seeds, as this study settled them" in n for n in notes)
-    assert all(int(line.split()[1]) == 64 for line in log.read_text().splitlines())
+    assert any("128 steps x 2 seeds, as this study settled them" in n for n in notes)
+    assert all(int(line.split()[1]) == 128 for line in log.read_text().splitlines())
 
 
 def test_a_baseline_that_never_learns_leaves_the_choice_to_memory(tmp_path: Path,
@@ -207,5 +208,6 @@ def test_a_baseline_that_never_learns_leaves_the_choice_to_memory(tmp_path: Path
     outcome = run_search(_settings("flat", 3, reward_proxy="llama-small", reward_steps=None, reward_seeds=2,
                                    budget_gb=1.0), on_note=notes.append)
     assert any("256 steps x 2 seeds (the cap is 256 steps)" in n and "rests on memory alone" in n for n in notes)
-    assert outcome.recommendation is not None and "on memory alone" in outcome.recommendation.reason
-    assert "did not learn" in outcome.recommendation.reason
+    # the default policy, fastest, then weighs memory and step time only
+    assert outcome.recommendation is not None and "on memory and time alone" in outcome.recommendation.reason
+    assert "did not learn" in outcome.recommendation.reason and outcome.settling_runs == 3   # 64, 128, 256 steps
