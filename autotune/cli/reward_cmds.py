@@ -23,12 +23,14 @@ from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
               help="The model this run stands in for, when the config's actor is a proxy.")
 @click.option("--seeds", type=click.IntRange(1, MAX_REWARD_SEEDS), default=1, show_default=True,
               help="Train at workload.seed and the seeds after it; report the mean and its standard error over seeds.")
-def reward(config_path: Path, out: Path, proxy_for: str | None, seeds: int) -> None:
+@click.option("--jobs", type=click.IntRange(1, MAX_REWARD_SEEDS), default=1, show_default=True,
+              help="Train up to this many seeds at once, one process (and one thread) each.")
+def reward(config_path: Path, out: Path, proxy_for: str | None, seeds: int, jobs: int) -> None:
     """Run one reward run (train, then score on the fixed evaluation prompts) and write its outcome."""
     cfg = TrialConfig.load(config_path)
     from autotune.rlhf.reward_run import run_reward
 
-    outcome = run_reward(cfg, proxy_for=proxy_for, seeds=seeds)
+    outcome = run_reward(cfg, proxy_for=proxy_for, seeds=seeds, jobs=jobs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     outcome.save(tmp)

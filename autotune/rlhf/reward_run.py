@@ -301,7 +301,7 @@ def _n_layers(model: str) -> int:
 
 
 # -- running one -------------------------------------------------------------------------------
-def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None, seeds: int = 1) -> RewardOutcome:
+def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None, seeds: int = 1, jobs: int = 1) -> RewardOutcome:
     """Run a reward run in this process; a failed run is an outcome, never an exception.
 
     Args:
@@ -310,6 +310,8 @@ def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None, seeds: int = 1
         seeds: Train this many times, at `workload.seed` and the seeds after it, and report the
             mean reward with its standard error over seeds. Configs are compared seed for seed
             (the same seeds for every key), so a difference between them is not one seed's luck.
+        jobs: Train up to this many seeds at once, each in its own process (one thread each); the
+            numbers are the same bits as one after another.
 
     Returns:
         The outcome, keyed by `reward_key(cfg, seeds=seeds)`.
@@ -320,10 +322,9 @@ def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None, seeds: int = 1
     common: dict[str, Any] = {"key": reward_key(cfg, seeds=seeds), "model": cfg.model.actor,
                               "steps": cfg.workload.steps, "seeds": seeds,
                               "proxy": proxy_for is not None and proxy_for != cfg.model.actor}
+    configs = [cfg.replace(**{"workload.seed": cfg.workload.seed + offset}) if offset else cfg for offset in range(seeds)]
     results = []
-    for offset in range(seeds):
-        run_cfg = cfg.replace(**{"workload.seed": cfg.workload.seed + offset}) if offset else cfg
-        status, message, result = _one_seed(run_cfg)
+    for run_cfg, (status, message, result) in zip(configs, _seed_runs(configs, jobs)):
         if status != "ok":
             if seeds > 1:
                 message = f"seed {run_cfg.workload.seed}: {message}"
@@ -358,6 +359,19 @@ def merge_points(per_seed: list[tuple[RewardPoint, ...]]) -> tuple[RewardPoint, 
                                   seed_rewards=tuple(v for p in same_step for v in p.seed_rewards),
                                   prompt_se=max(p.prompt_se for p in same_step)))
     return tuple(merged)
+
+
+def _seed_runs(configs: list[TrialConfig], jobs: int) -> list[tuple[Status, str, Any]]:
+    """`_one_seed` of each config, in order: here one after another, or in `jobs` fresh processes."""
+    if jobs <= 1 or len(configs) <= 1:
+        return [_one_seed(c) for c in configs]
+    import concurrent.futures
+    import multiprocessing
+
+    # spawn: a fresh interpreter per seed, as `autotune reward` itself is (no forked torch state)
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(configs)),
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_one_seed, configs))
 
 
 def _one_seed(cfg: TrialConfig) -> tuple[Status, str, Any]:

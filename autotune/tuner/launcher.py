@@ -175,11 +175,12 @@ def prescreen(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, budge
 
 
 def run_reward(reward_config: TrialConfig, run_dir: Path, *, launcher: Launcher, proxy_for: str,
-               gpu: str | None = None, cancel: threading.Event | None = None, seeds: int = 1) -> RewardOutcome | None:
+               gpu: str | None = None, cancel: threading.Event | None = None, seeds: int = 1,
+               jobs: int = 1) -> RewardOutcome | None:
     """Run `autotune reward` on `reward_config` (from `reward_run.reward_config`) in a subprocess.
 
     `proxy_for` is the model the trial names; where the run's model differs, its outcome is a proxy's.
-    `seeds` > 1 averages that many training seeds (`autotune reward --seeds`).
+    `seeds` > 1 averages that many training seeds (`autotune reward --seeds`), `jobs` of them at once.
 
     Returns:
         Its RewardOutcome (a failed run is an outcome with its status), or None when cancelled.
@@ -192,6 +193,8 @@ def run_reward(reward_config: TrialConfig, run_dir: Path, *, launcher: Launcher,
     argv = [*launcher.reward_command, "--config", str(config_path), "--out", str(out_path), "--proxy-for", proxy_for]
     if seeds > 1:
         argv += ["--seeds", str(seeds)]
+    if jobs > 1 and seeds > 1:
+        argv += ["--jobs", str(min(jobs, seeds))]
     start, available_gb = time.perf_counter(), host_available_gb()
     code = _run(argv, run_dir / "reward.log", trial_env(reward_config, gpu), launcher.timeout_s, cancel)
     elapsed = time.perf_counter() - start

@@ -273,8 +273,10 @@ class Measurer:
                 self.reward_hits += not settling
                 return cached
             run_dir = self.out_dir / "rewards" / key / self.worker
+            # while the length is settled nothing else runs: the baseline's seeds take every core
+            jobs = (os.cpu_count() or 1) if settling and gpu is None else 1
             outcome = run_reward(run_config, run_dir, launcher=self.launcher, proxy_for=config.model.actor, gpu=gpu,
-                                 cancel=self.cancel, seeds=self.reward_seeds)
+                                 cancel=self.cancel, seeds=self.reward_seeds, jobs=jobs)
             if outcome is None:
                 return None
             if settling:

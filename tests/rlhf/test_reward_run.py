@@ -226,6 +226,21 @@ def test_several_seeds_average_the_single_seed_runs_and_take_the_se_over_seeds(b
     assert both.key == reward_key(small(), seeds=2) != reward_key(small()) == baseline.key
     with pytest.raises(ValueError, match="seeds must be at least 1"):
         run_reward(small(), seeds=0)
+    # each seed's curve point by point, in seed order: what the kept gain is paired on
+    assert [p.step for p in both.points] == [0, 1, 2, 3]   # 3 steps: the quarter rounds to 1, the half to 2
+    assert [p.seed_rewards for p in both.points][-1] == (baseline.reward, next_seed.reward)
+    assert both.points[0].seed_rewards == (baseline.initial_reward, next_seed.initial_reward)
+    # the seeds in two processes at once: the same bits
+    parallel = run_reward(small(), seeds=2, jobs=2)
+    assert parallel.points == both.points and parallel.reward == both.reward and parallel.key == both.key
+
+
+def test_midway_scores_leave_the_run_bit_identical(baseline):
+    from autotune.rlhf.trial import run_trial
+
+    plain = run_trial(small(), measure_memory=False)
+    assert plain.reward == baseline.reward and plain.reward_curve == baseline.reward_curve
+    assert len(plain.reward_points) == 2 and len(baseline.points) == 4    # the ends only, without eval_steps
 
 
 def test_outcome_label_and_round_trip(tmp_path):

@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--proxy-for", default=None)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     cfg = TrialConfig.load(args.config)
     key = reward_key(cfg, seeds=args.seeds)
