@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from autotune.cli.checks import FiniteFloat, default_study_name, writable_dir
+from autotune.config import MAX_MEMORY_GB
 from autotune.errors import ConfigError
 from autotune.rlhf.reward_run import MAX_REWARD_SEEDS
 from autotune.tuner.recommend import POLICIES, REFERENCES
@@ -71,7 +72,7 @@ def _quiet_optuna() -> None:
               help="Stop starting new trials after this many seconds.")
 @click.option("--trial-timeout", "trial_timeout_s", type=FiniteFloat(min=0, min_open=True), default=1800.0,
               show_default=True, help="End one trial after this many seconds; it is recorded as a timeout.")
-@click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
+@click.option("--budget-gb", type=FiniteFloat(min=0, max=MAX_MEMORY_GB, min_open=True), default=None,
               help="GPU memory budget (GiB); default: the space's budget_gb, else the GPU's total memory, "
               "else (no GPU) an assumed 80 GiB card.")
 @click.option("--reward-proxy", default=None, metavar="PRESET|PATH",
@@ -182,7 +183,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
 @click.option("--log", "log_to_mlflow", is_flag=True, help="Also log the front to MLflow.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (with --log).")
-@click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
+@click.option("--budget-gb", type=FiniteFloat(min=0, max=MAX_MEMORY_GB, min_open=True), default=None,
               help="Budget for marking the recommendation; default: the study's.")
 def pareto(study: str, storage: str | None, log_to_mlflow: bool, tracking_uri: str | None,
            budget_gb: float | None) -> None:
