@@ -19,6 +19,7 @@ from typing import Any, Iterator, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from autotune import files
 from autotune.errors import ConfigError
 
 T = TypeVar("T")
@@ -174,7 +175,7 @@ def _collect_problems(obj: Any, path: str, problems: list[str]) -> None:
 def dump_yaml(obj: Any, path: str | Path | None = None) -> str:
     text = yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
     if path is not None:
-        Path(path).write_text(text)
+        files.write_text(path, text)
     return text
 
 
@@ -189,7 +190,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 def dump_json(obj: Any, path: str | Path | None = None) -> str:
     text = json.dumps(to_dict(obj), indent=2)
     if path is not None:
-        Path(path).write_text(text + "\n")
+        files.write_text(path, text + "\n")
     return text
 
 

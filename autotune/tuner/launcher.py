@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autotune import files
 from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import ConfigError, StorageError
 from autotune.result import TrialResult, combine_ranks, rank_result_path, read_rank_results
@@ -230,6 +231,7 @@ def _write_config(config: TrialConfig, path: Path) -> None:
             search stops with this message rather than failing every later trial the same way.
     """
     try:
+        files.check_no_link(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         config.dump(path)
     except OSError as exc:
@@ -245,7 +247,7 @@ def _run(argv: list[str], log_path: Path, env: dict[str, str], timeout_s: float 
     behind would skew the next trial's memory).
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with open(log_path, "wb") as log_file:
+    with files.open_new(log_path) as log_file:
         # A new session keeps Ctrl-C at the terminal from reaching the child half-way; the
         # controller ends it itself, so the study records what really happened.
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune import files
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import TrialRecord, TrialResult
 from autotune.tuner.metrics import MAXIMIZED
@@ -219,12 +220,10 @@ def write_outputs(recommendation: Recommendation, records: list[TrialRecord], ou
     doc = {"policy": recommendation.policy, "reason": recommendation.reason, "recommended": chosen.number,
            "memory_source": chosen.result.memory_source, "reward_source": chosen.result.reward_source,
            "front": [_row(r) for r in pareto_front(records)]}
-    tmp = pareto_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(pareto_path)
+    files.write_text(pareto_path, json.dumps(doc, indent=2) + "\n")
     header = [f"# autotune recommendation: trial #{chosen.number}, policy {recommendation.policy}"]
     header += [f"# {line}" for line in sources(chosen.result).split("; ") if line]
-    yaml_path.write_text("\n".join(header) + "\n" + chosen.config.dump())
+    files.write_text(yaml_path, "\n".join(header) + "\n" + chosen.config.dump())
     return pareto_path, yaml_path
 
 
