@@ -17,6 +17,7 @@ from autotune import schema
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError, StorageError, StudyNotFoundError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
+from autotune.tuner.definition import check_definition
 from autotune.tuner.metrics import metric_value
 
 log = logging.getLogger(__name__)
@@ -254,12 +255,15 @@ def make_sampler(name: str, seed: int | None) -> Any:
 
 
 def open_study(name: str, storage: Any, *, directions: list[str], objectives: list[str], sampler: Any,
-               budget_gb: float | None, distributions: dict[str, Any] | None = None) -> Any:
+               budget_gb: float | None, distributions: dict[str, Any] | None = None,
+               definition: dict[str, Any] | None = None) -> Any:
     """Create the study, or join it if it exists (a resumed run or another worker).
 
     Args:
         distributions: the space's {dimension: Optuna distribution}; an existing study's trials
             must agree with them, or the sampler would crash on the first ask().
+        definition: what defines the study (`autotune.tuner.definition.study_definition`); an
+            existing study's must be the same.
 
     Raises:
         ConfigError: when an existing study has other objectives or dimensions than this space, or
@@ -280,6 +284,8 @@ def open_study(name: str, storage: Any, *, directions: list[str], objectives: li
     elif list(known) != objectives:
         raise ConfigError(f"study {name!r} optimises {known}, but this space asks for {objectives}; "
                           "use another --study name")
+    if definition is not None:
+        check_definition(study, definition)
     _check_distributions(study, distributions or {})
     return study
 

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli_errors import SEARCH, _in_tmp, _main, _one_line_error  # noqa: F401 - _in_tmp is autouse
-from tests.tuner.tuner_helpers import CI_TINY
+from tests.tuner.tuner_helpers import CI_TINY, FAKE_COMMAND, FAKE_REWARD_COMMAND
+
+
+def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a command that must succeed; its stdout."""
+    import autotune.cli
+
+    autotune.cli.main(argv)
+    out, err = capsys.readouterr()
+    assert "error:" not in err, err
+    return out
 
 
 # -- 1: a budget no device holds ------------------------------------------------------------------
@@ -30,3 +40,103 @@ def test_a_trial_config_with_a_huge_device_is_one_error_line(tmp_path: Path, cap
     code, _, err = _main(["trial", "--config", "t.yaml", "--out", "r.json"], capsys)
     _one_line_error(code, err, "device_memory_gb", "at most 65536")
     assert not (tmp_path / "r.json").exists()
+
+
+# -- 7: links inside runs/ ------------------------------------------------------------------------
+FAKES = ["--plan-command", " ".join(FAKE_COMMAND), "--reward-command", " ".join(FAKE_REWARD_COMMAND),
+         "--no-timeline", "--seed", "0"]
+
+
+def test_a_link_to_a_trial_folder_outside_runs_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "runs" / "s" / "trials").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "trials" / "0").symlink_to(outside, target_is_directory=True)
+    code, _, err = _main([*SEARCH, *FAKES, "--study", "s", "--budget-gb", "0.025"], capsys)
+    _one_line_error(code, err, "runs/s/trials/0", "symbolic link")
+    assert list(outside.iterdir()) == []
+
+
+def test_links_at_output_files_are_replaced_not_followed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = tmp_path / "runs" / "s"
+    study.mkdir(parents=True)
+    victims = {name: tmp_path / f"victim-{name}" for name in ("recommended.yaml", "pareto.json")}
+    for name, victim in victims.items():
+        victim.write_text("keep me\n")
+        (study / name).symlink_to(victim)
+    out = _ok([*SEARCH, *FAKES, "--trials", "1", "--study", "s", "--budget-gb", "1"], capsys)
+    assert "wrote runs/s/recommended.yaml" in out
+    for name, victim in victims.items():
+        assert victim.read_text() == "keep me\n"
+        assert not (study / name).is_symlink() and (study / name).stat().st_size > 0
+
+
+def test_export_replaces_a_link_in_its_out_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autotune.config import TrialConfig
+
+    TrialConfig().dump(tmp_path / "trial.yaml")
+    (tmp_path / "victim.json").write_text("keep me\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ds_config.json").symlink_to(tmp_path / "victim.json")
+    _ok(["export", "--config", "trial.yaml", "--format", "deepspeed", "--out", "out"], capsys)
+    assert (tmp_path / "victim.json").read_text() == "keep me\n"
+    assert not (tmp_path / "out" / "ds_config.json").is_symlink()
+
+
+def test_only_folders_below_runs_must_not_be_links(tmp_path: Path) -> None:
+    from autotune import files
+    from autotune.errors import StorageError
+
+    real = tmp_path / "disk"
+    (real / "s").mkdir(parents=True)
+    (tmp_path / "runs").symlink_to(real, target_is_directory=True)   # runs/ itself on another disk: fine
+    files.write_text(tmp_path / "runs" / "s" / "a.txt", "ok\n")
+    assert (real / "s" / "a.txt").read_text() == "ok\n"
+    (real / "t").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(StorageError, match="symbolic link"):
+        files.write_text(tmp_path / "runs" / "t" / "a.txt", "no\n")
+    assert not (tmp_path / "a.txt").exists()
+    with pytest.raises(RuntimeError):   # a failed writer leaves neither the file nor a temporary one
+        with files.replacing(real / "s" / "b.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    assert sorted(p.name for p in (real / "s").iterdir()) == ["a.txt"]
+
+
+# -- 6: a study whose space changed ---------------------------------------------------------------
+@pytest.mark.parametrize(("change", "needle"), [
+    (("direction: maximize", "direction: minimize"), "direction of reward: was maximize, now minimize"),
+    (("{low: 1, high: 4}", "{low: 1, high: 2}"), "range of optimizer.partition.update_gap"),
+    (("steps: 4,", "steps: 2,"), "base workload.steps: was 4, now 2"),
+    (("budget_gb: 0.035", "budget_gb: 0.5"), "budget_gb: was 0.035, now 0.5"),
+])
+def test_a_changed_space_is_refused_naming_the_change(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      change: tuple[str, str], needle: str) -> None:
+    text = CI_TINY.read_text()
+    assert change[0] in text
+    (tmp_path / "space.yaml").write_text(text)
+    argv = [*SEARCH[:3], "--space", "space.yaml", *SEARCH[5:], *FAKES, "--trials", "1", "--study", "s"]
+    _ok(argv, capsys)
+    _ok(argv, capsys)                                    # the same space resumes
+    (tmp_path / "space.yaml").write_text(text.replace(change[0], change[1]))
+    code, _, err = _main(argv, capsys)
+    _one_line_error(code, err, needle, "another --study name")
+    assert not (tmp_path / "runs" / "s" / "trials" / "1").exists()
+
+
+# -- 2: a model folder with a broken config.json ----------------------------------------------------
+@pytest.mark.parametrize(("command", "text"), [
+    ("search", '{"model_type": "llama", "hidden_si'),
+    ("search", '{"model_type": "llama", "hidden_size": "big"}'),
+    ("plan", '{"model_type": "llama", "hidden_si'),
+    ("plan", '{"model_type": "llama", "hidden_size": "big"}'),
+])
+def test_a_broken_model_config_is_one_line_before_any_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             command: str, text: str) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(text)
+    argv = ([*SEARCH[:1], "--model", "model", *SEARCH[3:], *FAKES, "--study", "s", "--budget-gb", "0.025"]
+            if command == "search" else ["plan", "--model", "model"])
+    code, _, err = _main(argv, capsys)
+    _one_line_error(code, err, "model directory 'model'", "config.json cannot be used")
+    assert not (tmp_path / "runs" / "s" / "trials").exists()
