@@ -146,6 +146,10 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     if gpus_per_trial > 1 and not gpus:
         raise ConfigError("--gpus-per-trial needs --gpus; on the CPU use --world-size")
     devices = _gpus(gpus)
+    if devices and not detect_gpus():
+        # the trials would run on the CPU while every line and recommended.yaml said "measured on the GPU"
+        raise ConfigError(f"--gpus {gpus}: CUDA is not available on this machine (PyTorch sees no GPU); "
+                          "leave out --gpus to run the trials on the CPU")
     if not devices and space.base.device == "cuda":
         devices = detect_gpus()
         if not devices:

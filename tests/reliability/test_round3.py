@@ -140,3 +140,12 @@ def test_a_broken_model_config_is_one_line_before_any_trial(tmp_path: Path, caps
     code, _, err = _main(argv, capsys)
     _one_line_error(code, err, "model directory 'model'", "config.json cannot be used")
     assert not (tmp_path / "runs" / "s" / "trials").exists()
+
+
+# -- 3: --gpus without CUDA ---------------------------------------------------------------------------
+def test_gpus_without_cuda_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)   # as on this CPU box, also on a GPU runner
+    code, _, err = _main([*SEARCH, *FAKES, "--study", "s", "--budget-gb", "0.025", "--gpus", "0,1"], capsys)
+    _one_line_error(code, err, "--gpus 0,1", "CUDA is not available")
+    assert not (tmp_path / "runs" / "s" / "trials").exists()
