@@ -474,6 +474,19 @@ def ui_argv(tracking_uri: str, *, port: int = 5000) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
+def require_experiment(tracking_uri: str, study_name: str) -> None:
+    """Fail when the store has no experiment for `study_name` (a typo would open an empty UI).
+
+    Raises:
+        TrackingError: naming the study and the store.
+    """
+    from mlflow import MlflowClient
+
+    if MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(study_name) is None:
+        raise TrackingError(f"no study {study_name!r} in the MLflow store {tracking_uri}: check the name, or log it "
+                            f"with `autotune sync --study {shlex.quote(study_name)}`")
+
+
 def experiment_url(tracking_uri: str, study_name: str, base_url: str) -> str:
     """The UI address of the study's experiment, or the UI's front page when it has none yet."""
     from mlflow import MlflowClient

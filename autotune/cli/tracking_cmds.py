@@ -1,6 +1,8 @@
 """`autotune sync` and `autotune ui`: MLflow after the fact. mlflow is imported inside the commands."""
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 
 import click
@@ -28,15 +30,60 @@ def sync(study: str, storage: str | None, tracking_uri: str | None) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui(study: str | None, tracking_uri: str | None, port: int) -> None:
     """Start `mlflow ui` on the study's tracking store, on 127.0.0.1 (Ctrl-C stops it)."""
-    from autotune.tracking import TrackingError, default_tracking_uri, experiment_url, ui_argv
+    from autotune.tracking import TrackingError, default_tracking_uri, experiment_url, require_experiment, ui_argv
 
     uri = tracking_uri or default_tracking_uri()
     argv = ui_argv(uri, port=port)
+    if study:
+        require_experiment(uri, study)
+    _check_port_free(port)
     base = f"http://127.0.0.1:{port}"
     click.echo(f"MLflow UI: {experiment_url(uri, study, base) if study else base}")
-    code = subprocess.call(argv)   # in the foreground until Ctrl-C
+    code = _serve(argv)   # in the foreground until Ctrl-C, SIGTERM or SIGHUP
     if code != 0:
         raise TrackingError(f"mlflow ui exited with status {code}")
+
+
+def _check_port_free(port: int) -> None:
+    """Fail before printing a URL that another program answers (`mlflow ui` would exit after it)."""
+    from autotune.errors import TrackingError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise TrackingError(f"--port {port}: 127.0.0.1:{port} is in use ({exc.strerror or exc}); "
+                                "pass another --port") from None
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached `autotune ui`."""
+
+
+def _serve(argv: list[str]) -> int:
+    """Run the MLflow server in its own process group and end that whole group on any way out.
+
+    `mlflow ui` starts a uvicorn server and job workers; a signal to this process alone left them
+    running, re-parented to init and holding the port. Ctrl-C, SIGTERM and SIGHUP are forwarded to
+    the group (as the trial launcher does for trials), which is then waited for.
+    """
+    from autotune.tuner.launcher import stop_group
+
+    def stopped(_signum: int, _frame: object) -> None:
+        raise _Stopped
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    proc: subprocess.Popen | None = None
+    try:
+        proc = subprocess.Popen(argv, start_new_session=True)
+        return proc.wait()
+    except _Stopped:
+        raise KeyboardInterrupt from None   # reported as "Interrupted.", exit 130, as Ctrl-C is
+    finally:
+        if proc is not None:
+            stop_group(proc)   # also what the server left in its group after it exited
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 COMMANDS = [sync, ui]

@@ -290,6 +290,11 @@ def _kill(proc: subprocess.Popen) -> None:
             continue
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """End a child started with `start_new_session=True` and everything it started (see `_kill`)."""
+    _kill(proc)
+
+
 def _signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to a process group; False when the group no longer exists."""
     try:

@@ -5,12 +5,19 @@ that names the cause, or no write outside runs/. Most run the console entry poin
 """
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from autotune import owner
+from tests.reliability.faults import wait_no_processes
 from tests.test_cli_errors import SEARCH, _in_tmp, _main, _one_line_error  # noqa: F401 - _in_tmp is autouse
-from tests.tuner.tuner_helpers import CI_TINY, FAKE_COMMAND, FAKE_REWARD_COMMAND
+from tests.tuner.tuner_helpers import CI_TINY, FAKE_COMMAND, FAKE_REWARD_COMMAND, subprocess_env
 
 
 def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -149,3 +156,67 @@ def test_gpus_without_cuda_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     code, _, err = _main([*SEARCH, *FAKES, "--study", "s", "--budget-gb", "0.025", "--gpus", "0,1"], capsys)
     _one_line_error(code, err, "--gpus 0,1", "CUDA is not available")
     assert not (tmp_path / "runs" / "s" / "trials").exists()
+
+
+# -- 10: false successes ------------------------------------------------------------------------------
+def test_pareto_log_with_mlflow_down_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _ok([*SEARCH, *FAKES, "--trials", "1", "--study", "s", "--budget-gb", "1"], capsys)
+    code, out, err = _main(["pareto", "--study", "s", "--log", "--tracking-uri", f"http://127.0.0.1:{_free_port()}"],
+                           capsys)
+    assert code == 1 and "error: the front was not logged" in err, err
+    assert "logged the front" not in out
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_ui_on_a_port_in_use_fails_before_printing_a_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mlflow.db").touch()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = _main(["ui", "--tracking-uri", "sqlite:///mlflow.db", "--port", str(port)], capsys)
+    _one_line_error(code, err, f"--port {port}", "in use")
+    assert "MLflow UI" not in out
+
+
+def test_ui_for_an_unknown_study_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri="sqlite:///mlflow.db").create_experiment("real")
+    code, out, err = _main(["ui", "--tracking-uri", "sqlite:///mlflow.db", "--study", "typo",
+                            "--port", str(_free_port())], capsys)
+    _one_line_error(code, err, "no study 'typo'")
+    assert "MLflow UI" not in out
+
+
+# -- 11: `autotune ui` stopped by a signal takes its server with it -----------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_ui_stopped_by_a_signal_ends_the_whole_server(tmp_path: Path, sig: int) -> None:
+    # A stand-in for `mlflow ui`: a server process with a worker of its own, as uvicorn and huey are.
+    (tmp_path / "server.py").write_text(
+        "import pathlib, subprocess, sys, time\n"
+        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        "pathlib.Path('pids').write_text(f'{worker.pid}\\n')\n"
+        "time.sleep(300)\n")
+    (tmp_path / "ui.py").write_text(
+        "import sys\n"
+        "import autotune.cli, autotune.tracking\n"
+        f"autotune.tracking.ui_argv = lambda uri, port: [sys.executable, {str(tmp_path / 'server.py')!r}]\n"
+        "autotune.cli.main(['ui', '--tracking-uri', 'sqlite:///mlflow.db'])\n")
+    (tmp_path / "mlflow.db").touch()
+    proc = subprocess.Popen([sys.executable, "ui.py"], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pids").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int((tmp_path / "pids").read_text())
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert wait_no_processes(tmp_path) == [], out
+    assert not owner.pid_alive(worker)   # gone, or a zombie where the container's init does not reap
