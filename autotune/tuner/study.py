@@ -7,6 +7,7 @@ on any machine that reaches the storage.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import warnings
@@ -80,8 +81,9 @@ def open_storage(url: str, *, heartbeat_interval_s: int | None = None, grace_per
         _check_sqlite_file(sqlite_path, url)
         if not read_only:
             _make_parent(sqlite_path, url)
+            _check_writable(sqlite_path, url)
         else:
-            url = f"sqlite:///file:{sqlite_path.resolve()}?mode=ro&uri=true"
+            url = f"sqlite:///{_read_only_uri(sqlite_path)}&uri=true"
     else:
         _check_server_storage(url)
     with warnings.catch_warnings():
@@ -104,6 +106,33 @@ def _sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///") or ":memory:" in url:
         return None
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _read_only_uri(path: Path) -> str:
+    """A SQLite URI that reads `path` without writing a byte, also in a read-only folder.
+
+    A WAL database opened read-only still creates its -shm file beside it, which a read-only folder
+    refuses ("unable to open database file"). There, with no -wal file holding newer commits, no
+    process can be writing the database, so it is opened as immutable and nothing is created.
+    """
+    uri = f"file:{path.resolve()}?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if not os.access(path.parent, os.W_OK) and not (wal.is_file() and wal.stat().st_size > 0):
+        uri += "&immutable=1"
+    return uri
+
+
+def _check_writable(path: Path, url: str) -> None:
+    """A search writes its study: say so when the database or its folder is read-only, before Optuna
+    fails half-way with an internal error.
+
+    Raises:
+        StorageError: naming what is not writable.
+    """
+    for what in (path, path.parent):
+        if what.exists() and not os.access(what, os.W_OK):
+            raise StorageError(f"storage {url}: {what} is not writable; fix its permissions (or pass a writable "
+                               "--storage), or use `autotune pareto` and `export`, which only read a study")
 
 
 def _make_parent(path: Path, url: str) -> None:
@@ -158,7 +187,7 @@ def _sqlite_tables(path: Path, url: str) -> set[str]:
         if header != b"SQLite format 3\x00":
             raise StorageError(f"storage {url}: {path} is not a SQLite database (it may be a text file); "
                                "pass the path of an optuna.db")
-        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=60)
+        connection = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60)
         try:
             return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:

@@ -5,8 +5,12 @@ that names the cause, or no write outside runs/. Most run the console entry poin
 """
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -220,3 +224,45 @@ def test_ui_stopped_by_a_signal_ends_the_whole_server(tmp_path: Path, sig: int) 
     assert proc.returncode == 130, out
     assert wait_no_processes(tmp_path) == [], out
     assert not owner.pid_alive(worker)   # gone, or a zombie where the container's init does not reap
+
+
+# -- 9: read-only storage -------------------------------------------------------------------------------
+def _read_only_run(tmp_path: Path, target: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run autotune with `target` read-only: by its mode, or (root ignores modes) a read-only bind mount."""
+    command = [sys.executable, "-m", "autotune", *argv]
+    if os.geteuid() != 0:
+        target.chmod(target.stat().st_mode & ~0o222)
+    else:
+        if shutil.which("unshare") is None:
+            pytest.skip("root ignores file modes, and unshare is missing for a read-only mount")
+        script = f"mount --bind {target} {target} && mount -o remount,bind,ro {target} && exec {shlex.join(command)}"
+        command = ["unshare", "-m", "sh", "-c", script]
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    if "unshare:" in done.stderr or "mount:" in done.stderr:
+        pytest.skip(f"no read-only mount here: {done.stderr.strip()}")
+    return done
+
+
+def _closed_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A one-trial study whose database was closed cleanly (no -wal or -shm file beside it)."""
+    _ok([*SEARCH, *FAKES, "--trials", "1", "--study", "s", "--budget-gb", "1"], capsys)
+    db = tmp_path / "runs" / "s" / "optuna.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    return db
+
+
+def test_pareto_reads_a_study_in_a_read_only_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = _closed_study(tmp_path, capsys)
+    done = _read_only_run(tmp_path, db.parent, ["pareto", "--study", "s"])
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr and "measured on the CPU" in done.stdout, done.stderr   # the front's table
+
+
+def test_a_search_on_a_read_only_database_says_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = _closed_study(tmp_path, capsys)
+    done = _read_only_run(tmp_path, db, [*SEARCH, *FAKES, "--trials", "2", "--study", "s", "--budget-gb", "1"])
+    assert done.returncode == 1, done.stderr
+    assert "is not writable" in done.stderr and "internal error" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs" / "s" / "trials" / "1").exists()
