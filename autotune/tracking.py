@@ -442,6 +442,8 @@ def _check_mlflow_file(path: Path, uri: str) -> None:
     """
     import sqlite3
 
+    if path.is_dir():   # checked here, once: MLflow itself retries a folder for about 100 s
+        raise TrackingError(f"--tracking-uri {uri}: {path} is a folder, not an MLflow store file")
     if not path.is_file() or path.stat().st_size == 0:
         return   # MLflow creates its tables in a new or empty file; nothing to lose
     try:

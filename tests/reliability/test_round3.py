@@ -266,3 +266,20 @@ def test_a_search_on_a_read_only_database_says_not_writable(tmp_path: Path, caps
     assert done.returncode == 1, done.stderr
     assert "is not writable" in done.stderr and "internal error" not in done.stderr, done.stderr
     assert not (tmp_path / "runs" / "s" / "trials" / "1").exists()
+
+
+# -- 8: a tracking store that is a folder ---------------------------------------------------------------
+def test_a_folder_as_the_mlflow_store_warns_once_and_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "mlflow.db").mkdir()
+    argv = [*SEARCH, *FAKES, "--trials", "1", "--study", "s", "--budget-gb", "1", "--tracking",
+            "--tracking-uri", "sqlite:///mlflow.db"]
+    start = time.monotonic()
+    out = _ok(argv, capsys)
+    elapsed = time.monotonic() - start
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "mlflow" in r.getMessage().lower()]
+    assert len(warnings) == 1 and "is a folder" in warnings[0], warnings
+    assert "wrote runs/s/recommended.yaml" in out
+    assert elapsed < 60, f"{elapsed:.0f} s: MLflow's retries were waited out"
+    code, _, err = _main(["sync", "--study", "s", "--tracking-uri", "sqlite:///mlflow.db"], capsys)
+    _one_line_error(code, err, "is a folder")
