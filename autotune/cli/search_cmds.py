@@ -135,7 +135,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
 
     _terminate_as_interrupt()
     _quiet_optuna()
-    study = study or default_study_name(model)
+    study = study if study is not None else default_study_name(model)   # --study "" is refused, not the default
     writable_dir(study_dir(study), "--study")    # outputs go there: fail now, not after the last trial
     space = load_space(space_path).rebase({"model.actor": model})
     if world_size is not None:

@@ -283,3 +283,12 @@ def test_a_folder_as_the_mlflow_store_warns_once_and_goes_on(tmp_path: Path, cap
     assert elapsed < 60, f"{elapsed:.0f} s: MLflow's retries were waited out"
     code, _, err = _main(["sync", "--study", "s", "--tracking-uri", "sqlite:///mlflow.db"], capsys)
     _one_line_error(code, err, "is a folder")
+
+
+# -- 4: an empty --study ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["search", "pareto"])
+def test_an_empty_study_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    argv = [*SEARCH, *FAKES, "--budget-gb", "1", "--study", ""] if command == "search" else ["pareto", "--study", ""]
+    code, _, err = _main(argv, capsys)
+    _one_line_error(code, err, "study name ''")
+    assert not (tmp_path / "runs").exists()
