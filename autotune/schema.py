@@ -74,6 +74,21 @@ class _LimitedLoader(yaml.SafeLoader):
                 raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """Refuse a key given twice in one mapping: YAML keeps the last one silently, so the first
+        (e.g. one `optimizer.name` of two in a space) would be ignored. Merge keys (<<) still override."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(   # no mark: the error stays one line
+                    None, None, f"duplicate key {key!r} on lines {seen[key] + 1} and {key_node.start_mark.line + 1}; "
+                    "keep one of them")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
     def get_single_node(self) -> Any:
         node = super().get_single_node()
         if node is not None:

@@ -292,3 +292,25 @@ def test_an_empty_study_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     code, _, err = _main(argv, capsys)
     _one_line_error(code, err, "study name ''")
     assert not (tmp_path / "runs").exists()
+
+
+# -- 5: a key given twice ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["space", "config"])
+def test_a_duplicated_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    if kind == "space":
+        (tmp_path / "dup.yaml").write_text(CI_TINY.read_text().replace(
+            "  optimizer.name: [adamw, frugal]\n", "  optimizer.name: [adamw, frugal]\n  optimizer.name: [frugal]\n"))
+        argv = [*SEARCH[:3], "--space", "dup.yaml", *SEARCH[5:], *FAKES, "--study", "s"]
+    else:
+        (tmp_path / "dup.yaml").write_text("device: cpu\nworld_size: 1\ndevice: fake\n")
+        argv = ["trial", "--config", "dup.yaml", "--out", "r.json"]
+    code, _, err = _main(argv, capsys)
+    _one_line_error(code, err, "duplicate key", "keep one of them")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_merge_keys_may_still_override(tmp_path: Path) -> None:
+    from autotune import schema
+
+    (tmp_path / "m.yaml").write_text("a: &base {x: 1, y: 2}\nb:\n  <<: *base\n  y: 3\n")
+    assert schema.load_yaml_text(tmp_path / "m.yaml") == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
