@@ -41,7 +41,8 @@ def _terminate_as_interrupt() -> None:
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):   # SIGHUP: the terminal or SSH session went away
+        signal.signal(sig, interrupt)
 
 
 def _cost(recommendation: Recommendation, space: SearchSpace) -> str:
@@ -155,7 +156,8 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
         if not devices:
             # no GPU: trials run on (or are planned for) the CPU, the budget as the simulated device size
             space = space.rebase({"device": "cpu"})
-    budget = choose_budget(budget_gb if budget_gb is not None else space.budget_gb, devices)
+    budget = choose_budget(budget_gb if budget_gb is not None else space.budget_gb, devices,
+                           source="--budget-gb" if budget_gb is not None else f"budget_gb in {space_path}")
     click.echo(budget.note)   # the first line: an assumed budget must be seen before any figure
     launcher = Launcher(trial_command=tuple(shlex.split(trial_command)) if trial_command else TRIAL_COMMAND,
                         plan_command=tuple(shlex.split(plan_command)) if plan_command else PLAN_COMMAND,

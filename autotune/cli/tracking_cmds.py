@@ -1,6 +1,7 @@
 """`autotune sync` and `autotune ui`: MLflow after the fact. mlflow is imported inside the commands."""
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import subprocess
@@ -14,13 +15,21 @@ import click
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
 def sync(study: str, storage: str | None, tracking_uri: str | None) -> None:
     """Log the study's trials that MLflow is missing (after an outage); never logs one twice."""
-    from autotune.tracking import StudyTracker
+    from autotune.tracking import StudyTracker, TrackingError
     from autotune.tuner.study import default_storage, load_records, study_dir
 
     url = storage or default_storage(study)
     records = load_records(study, url)
     tracker = StudyTracker(study, url, tracking_uri)
-    added = tracker.sync(records, study_dir(study) / "trials")
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        # MLflow logs a failed query with its SQL and traceback before raising it; the error below says it once
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    try:
+        added = tracker.sync(records, study_dir(study) / "trials")
+    except TrackingError as exc:   # a damaged store's SQLAlchemy error carries its SQL: one line is enough
+        first = str(exc).splitlines()[0]
+        raise TrackingError(f"{first} (is the store damaged? restore it from a backup, or pass a new "
+                            "--tracking-uri)" if first != str(exc) else first) from exc
     click.echo(f"{study}: {added} of {len(records)} trials added to MLflow at {tracker.tracking_uri}")
 
 

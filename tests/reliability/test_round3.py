@@ -314,3 +314,59 @@ def test_merge_keys_may_still_override(tmp_path: Path) -> None:
 
     (tmp_path / "m.yaml").write_text("a: &base {x: 1, y: 2}\nb:\n  <<: *base\n  y: 3\n")
     assert schema.load_yaml_text(tmp_path / "m.yaml") == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+
+
+# -- 12: smaller ones ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("before", "after", "available_gb", "expected"), [
+    (3, 4, 50.0, "killed by SIGKILL from the OS out-of-memory killer"),
+    (3, 3, 0.5, "killed by SIGKILL from outside autotune, not the OS out-of-memory killer"),
+    (None, None, 50.0, "killed by SIGKILL from outside autotune; the host had 50.0 GiB"),
+    (None, None, 0.5, "killed by SIGKILL, most likely the OS out-of-memory killer; the host had 0.5 GiB"),
+])
+def test_a_sigkill_is_blamed_on_the_oom_killer_only_with_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                before: int | None, after: int | None,
+                                                                available_gb: float, expected: str) -> None:
+    from autotune.tuner import launcher
+
+    monkeypatch.setattr(launcher, "oom_kill_count", lambda: after)
+    message = launcher._no_result(-signal.SIGKILL, tmp_path / "none.log", available_gb, before)
+    assert message.startswith(expected), message
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_the_budget_line_names_where_the_budget_came_from(capsys: pytest.CaptureFixture[str], given: bool) -> None:
+    out = _ok([*SEARCH, *FAKES, "--trials", "1", "--study", "s", *(["--budget-gb", "0.05"] if given else [])], capsys)
+    first = out.splitlines()[0]
+    assert first == ("budget 0.05 GiB (--budget-gb)" if given else f"budget 0.035 GiB (budget_gb in {CI_TINY})"), first
+
+
+def test_sighup_stops_a_search_like_ctrl_c(tmp_path: Path) -> None:
+    from autotune.tuner.interrupts import STOP_SIGNALS
+
+    assert signal.SIGHUP in STOP_SIGNALS   # the controller turns it into a clean stop while trials run
+    argv = [sys.executable, "-m", "autotune", *SEARCH, *FAKES, "--trials", "50", "--study", "s", "--budget-gb", "1"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/s/trials/*/result.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGHUP)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "SIGHUP: ending the running trials" in out or "Interrupted." in out, out
+    assert "Traceback" not in out
+
+
+def test_sync_on_a_damaged_mlflow_store_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    _ok([*SEARCH, *FAKES, "--trials", "1", "--study", "s", "--budget-gb", "1"], capsys)
+    MlflowClient(tracking_uri="sqlite:///mlflow.db").search_experiments()
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:   # a table of the wrong shape
+        connection.execute("DROP TABLE tags")
+        connection.execute("CREATE TABLE tags (x INTEGER)")
+    connection.close()
+    capsys.readouterr()   # MLflow's own lines while the store above was made
+    code, _, err = _main(["sync", "--study", "s", "--tracking-uri", "sqlite:///mlflow.db"], capsys)
+    _one_line_error(code, err, "cannot sync study 's'", "damaged")
+    assert "SELECT" not in err
