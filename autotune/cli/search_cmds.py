@@ -123,7 +123,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     """Search FRUGAL partitions x memory interventions with an Optuna study; recommend one config.
 
     Re-running the same command resumes the study; other machines join it with the same --storage.
-    Ctrl-C or SIGTERM ends the running trial and re-queues it; the same command then resumes.
+    Ctrl-C, SIGTERM or SIGHUP ends the running trial and re-queues it; the same command then resumes.
     """
     from autotune.tuner.controller import SearchSettings, run_search
     from autotune.tuner.fidelity import choose_budget, detect_gpus

@@ -37,7 +37,7 @@ def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 # -- 1: a budget no device holds ------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["--budget-gb", "space", "pareto"])
 def test_a_huge_budget_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
-    (tmp_path / "huge.yaml").write_text(CI_TINY.read_text() + "\nbudget_gb: 1.0e+308\n")
+    (tmp_path / "huge.yaml").write_text(CI_TINY.read_text().replace("budget_gb: 0.035", "budget_gb: 1.0e+308"))
     argv = {"--budget-gb": [*SEARCH, "--study", "s", "--budget-gb", "1e308"],
             "space": [*SEARCH[:3], "--space", "huge.yaml", "--study", "s", "--no-tracking"],
             "pareto": ["pareto", "--study", "s", "--budget-gb", "1e308"]}[where]
@@ -191,8 +191,10 @@ def test_ui_on_a_port_in_use_fails_before_printing_a_url(tmp_path: Path, capsys:
 def test_ui_for_an_unknown_study_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri="sqlite:///mlflow.db").create_experiment("real")
-    code, out, err = _main(["ui", "--tracking-uri", "sqlite:///mlflow.db", "--study", "typo",
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"   # absolute: MLflow caches a store by its URI
+    MlflowClient(tracking_uri=store).create_experiment("real")
+    capsys.readouterr()   # MLflow's own lines while the store was made
+    code, out, err = _main(["ui", "--tracking-uri", store, "--study", "typo",
                             "--port", str(_free_port())], capsys)
     _one_line_error(code, err, "no study 'typo'")
     assert "MLflow UI" not in out
@@ -361,12 +363,13 @@ def test_sync_on_a_damaged_mlflow_store_is_one_line(tmp_path: Path, capsys: pyte
     from mlflow import MlflowClient
 
     _ok([*SEARCH, *FAKES, "--trials", "1", "--study", "s", "--budget-gb", "1"], capsys)
-    MlflowClient(tracking_uri="sqlite:///mlflow.db").search_experiments()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"   # absolute: MLflow caches a store by its URI
+    MlflowClient(tracking_uri=store).search_experiments()
     with sqlite3.connect(tmp_path / "mlflow.db") as connection:   # a table of the wrong shape
         connection.execute("DROP TABLE tags")
         connection.execute("CREATE TABLE tags (x INTEGER)")
     connection.close()
     capsys.readouterr()   # MLflow's own lines while the store above was made
-    code, _, err = _main(["sync", "--study", "s", "--tracking-uri", "sqlite:///mlflow.db"], capsys)
+    code, _, err = _main(["sync", "--study", "s", "--tracking-uri", store], capsys)
     _one_line_error(code, err, "cannot sync study 's'", "damaged")
     assert "SELECT" not in err
