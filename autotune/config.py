@@ -21,6 +21,9 @@ PHASES: tuple[str, ...] = get_args(Phase)
 Problems = Iterator[tuple[str, str]]
 
 _MiB = 1 << 20
+# The largest memory budget (GiB) any command takes, for a simulated device or a search: far above any
+# accelerator's memory, and far below where a byte count stops being an integer float arithmetic can hold.
+MAX_MEMORY_GB = 65536.0
 
 
 def _non_finite(record: object) -> Problems:
@@ -505,6 +508,8 @@ class TrialConfig:
         yield from _non_finite(self)
         if self.device_memory_gb is not None and self.device_memory_gb <= 0:
             yield "device_memory_gb", f"must be positive, got {self.device_memory_gb}"
+        elif self.device_memory_gb is not None and self.device_memory_gb > MAX_MEMORY_GB:
+            yield "device_memory_gb", f"must be at most {MAX_MEMORY_GB:g} GiB, got {self.device_memory_gb:g}"
         if self.world_size < 1:
             yield "world_size", f"must be at least 1, got {self.world_size}"
         if self.algorithm == "grpo" and "critic_train" in self.memory.empty_cache_after:

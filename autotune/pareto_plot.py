@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from autotune import files
 from autotune.result import TrialRecord
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ def write_png(points: list[ParetoPoint], path: Path, *, title: str) -> Path:
         ax.legend(loc="best")
     else:
         ax.text(0.5, 0.5, "no trial has a peak to plot yet", ha="center", transform=ax.transAxes)
-    fig.savefig(path)
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 
@@ -166,7 +168,8 @@ def write_html(points: list[ParetoPoint], path: Path, *, title: str) -> Path:
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0),
                       yaxis2=dict(overlaying="y", range=[0, 1], visible=False))
     # Inline plotly.js: the MLflow artifact viewer and offline machines cannot reach a CDN.
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    with files.replacing(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     return path
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from autotune import files
 from autotune.errors import ConfigError
 
 T = TypeVar("T")
@@ -72,6 +73,21 @@ class _LimitedLoader(yaml.SafeLoader):
             if self._aliases > MAX_YAML_ALIASES:
                 raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """Refuse a key given twice in one mapping: YAML keeps the last one silently, so the first
+        (e.g. one `optimizer.name` of two in a space) would be ignored. Merge keys (<<) still override."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(   # no mark: the error stays one line
+                    None, None, f"duplicate key {key!r} on lines {seen[key] + 1} and {key_node.start_mark.line + 1}; "
+                    "keep one of them")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
     def get_single_node(self) -> Any:
         node = super().get_single_node()
@@ -174,7 +190,7 @@ def _collect_problems(obj: Any, path: str, problems: list[str]) -> None:
 def dump_yaml(obj: Any, path: str | Path | None = None) -> str:
     text = yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
     if path is not None:
-        Path(path).write_text(text)
+        files.write_text(path, text)
     return text
 
 
@@ -189,7 +205,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 def dump_json(obj: Any, path: str | Path | None = None) -> str:
     text = json.dumps(to_dict(obj), indent=2)
     if path is not None:
-        Path(path).write_text(text + "\n")
+        files.write_text(path, text + "\n")
     return text
 
 

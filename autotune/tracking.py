@@ -565,6 +565,8 @@ def _check_mlflow_file(path: Path, uri: str) -> None:
     """
     import sqlite3
 
+    if path.is_dir():   # checked here, once: MLflow itself retries a folder for about 100 s
+        raise TrackingError(f"--tracking-uri {uri}: {path} is a folder, not an MLflow store file")
     if not path.is_file() or path.stat().st_size == 0:
         return   # MLflow creates its tables in a new or empty file; nothing to lose
     try:
@@ -595,6 +597,19 @@ def ui_argv(tracking_uri: str, *, port: int = 5000) -> list[str]:
     # One worker: a local UI serves one person, and MLflow's default of four is heavy on a laptop.
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def require_experiment(tracking_uri: str, study_name: str) -> None:
+    """Fail when the store has no experiment for `study_name` (a typo would open an empty UI).
+
+    Raises:
+        TrackingError: naming the study and the store.
+    """
+    from mlflow import MlflowClient
+
+    if MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(study_name) is None:
+        raise TrackingError(f"no study {study_name!r} in the MLflow store {tracking_uri}: check the name, or log it "
+                            f"with `autotune sync --study {shlex.quote(study_name)}`")
 
 
 def experiment_url(tracking_uri: str, study_name: str, base_url: str) -> str:

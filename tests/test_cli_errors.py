@@ -144,7 +144,7 @@ def test_non_utf8_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_a_space_with_nan_budget_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "nan.yaml").write_text(CI_TINY.read_text() + "\nbudget_gb: .nan\n")
+    (tmp_path / "nan.yaml").write_text(CI_TINY.read_text().replace("budget_gb: 0.035", "budget_gb: .nan"))
     code, _, err = _main([*SEARCH[:3], "--space", "nan.yaml", "--study", "s"], capsys)
     assert code == 1 and "budget_gb: must be a positive, finite number" in err and "Traceback" not in err
 

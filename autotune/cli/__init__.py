@@ -79,7 +79,7 @@ def _ignore_late_stops() -> None:
     Python shuts down changes nothing, so it must not turn a finished run into a death by signal."""
     import signal
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
 

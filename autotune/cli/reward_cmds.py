@@ -31,10 +31,7 @@ def reward(config_path: Path, out: Path, proxy_for: str | None, seeds: int, jobs
     from autotune.rlhf.reward_run import run_reward
 
     outcome = run_reward(cfg, proxy_for=proxy_for, seeds=seeds, jobs=jobs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    outcome.save(tmp)
-    tmp.replace(out)   # a reader sees the whole file or none
+    outcome.save(out)   # atomic: a reader sees the whole file or none
     if not outcome.ok:
         raise TrialExit(f"reward run failed ({outcome.status}): {outcome.message}",
                         EXIT_CODES.get(outcome.status, 1))

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from autotune.cli.checks import FiniteFloat, default_study_name, writable_dir
+from autotune.config import MAX_MEMORY_GB
 from autotune.errors import ConfigError
 from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, DEFAULT_REWARD_STEPS, MAX_REWARD_SEEDS, MAX_REWARD_STEPS
 from autotune.tuner.recommend import DEFAULT_MIN_KEPT, POLICIES, REFERENCES
@@ -35,7 +36,8 @@ def _terminate_as_interrupt() -> None:
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):   # SIGHUP: the terminal or SSH session went away
+        signal.signal(sig, interrupt)
 
 
 def _quiet_optuna() -> None:
@@ -57,7 +59,7 @@ def _quiet_optuna() -> None:
               help="Stop starting new trials after this many seconds.")
 @click.option("--trial-timeout", "trial_timeout_s", type=FiniteFloat(min=0, min_open=True), default=1800.0,
               show_default=True, help="End one trial after this many seconds; it is recorded as a timeout.")
-@click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
+@click.option("--budget-gb", type=FiniteFloat(min=0, max=MAX_MEMORY_GB, min_open=True), default=None,
               help="GPU memory budget (GiB); default: the space's budget_gb, else the GPU's total memory, "
               "else (no GPU) an assumed 80 GiB card.")
 @click.option("--reward-proxy", default=None, metavar="PRESET|PATH",
@@ -118,7 +120,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     """Search FRUGAL partitions x memory interventions with an Optuna study; recommend one config.
 
     Re-running the same command resumes the study; other machines join it with the same --storage.
-    Ctrl-C or SIGTERM ends the running trial and re-queues it; the same command then resumes.
+    Ctrl-C, SIGTERM or SIGHUP ends the running trial and re-queues it; the same command then resumes.
     """
     from autotune.tuner.by_gpu import table_text
     from autotune.tuner.controller import SearchSettings, run_search
@@ -131,7 +133,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
 
     _terminate_as_interrupt()
     _quiet_optuna()
-    study = study or default_study_name(model)
+    study = study if study is not None else default_study_name(model)   # --study "" is refused, not the default
     writable_dir(study_dir(study), "--study")    # outputs go there: fail now, not after the last trial
     space = load_space(space_path).rebase({"model.actor": model})
     if world_size is not None:
@@ -142,12 +144,17 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     if gpus_per_trial > 1 and not gpus:
         raise ConfigError("--gpus-per-trial needs --gpus; on the CPU use --world-size")
     devices = _gpus(gpus)
+    if devices and not detect_gpus():
+        # the trials would run on the CPU while every line and recommended.yaml said "measured on the GPU"
+        raise ConfigError(f"--gpus {gpus}: CUDA is not available on this machine (PyTorch sees no GPU); "
+                          "leave out --gpus to run the trials on the CPU")
     if not devices and space.base.device == "cuda":
         devices = detect_gpus()
         if not devices:
             # no GPU: trials run on (or are planned for) the CPU, the budget as the simulated device size
             space = space.rebase({"device": "cpu"})
-    budget = choose_budget(budget_gb if budget_gb is not None else space.budget_gb, devices)
+    budget = choose_budget(budget_gb if budget_gb is not None else space.budget_gb, devices,
+                           source="--budget-gb" if budget_gb is not None else f"budget_gb in {space_path}")
     click.echo(budget.note)   # the first line: an assumed budget must be seen before any figure
     launcher = Launcher(trial_command=tuple(shlex.split(trial_command)) if trial_command else TRIAL_COMMAND,
                         plan_command=tuple(shlex.split(plan_command)) if plan_command else PLAN_COMMAND,
@@ -188,7 +195,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
 @click.option("--log", "log_to_mlflow", is_flag=True, help="Also log the front to MLflow.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (with --log).")
-@click.option("--budget-gb", type=FiniteFloat(min=0, min_open=True), default=None,
+@click.option("--budget-gb", type=FiniteFloat(min=0, max=MAX_MEMORY_GB, min_open=True), default=None,
               help="Budget for marking the recommendation; default: the study's.")
 @click.option("--by-gpu", is_flag=True, help="Also print the fastest config that fits each GPU size (24-80 GiB).")
 def pareto(study: str, storage: str | None, log_to_mlflow: bool, tracking_uri: str | None,

@@ -5,6 +5,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from autotune import files
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ class ExportOutput:
         paths = []
         for name, text in self.files.items():
             path = out / name
-            path.write_text(text)
+            files.write_text(path, text)   # a link already at the path is replaced, not followed
             paths.append(path)
         logger.info("wrote %d file(s) to %s", len(paths), out)
         return paths

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from autotune import files
+
 _MAX_POINTS = 4000
 _UNITS = ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))
 _PHASE_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
@@ -69,8 +71,8 @@ def plot_timeline(allocated: Sequence[int], reserved: Sequence[int], spans: Sequ
     ax.legend(loc="upper left", bbox_to_anchor=(0, 0.93), fontsize=8, framealpha=0.9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 

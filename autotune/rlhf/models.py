@@ -181,12 +181,34 @@ def model_config(name: str) -> transformers.PretrainedConfig:
     if source.kind == "preset":
         return _preset(name).make_config()
     if source.kind == "local":
-        return transformers.AutoConfig.from_pretrained(source.path, local_files_only=True)
+        return _local_config(name, source.path)
     cached = smollm2_cache_dir()
     if _is_complete(cached):
         return transformers.AutoConfig.from_pretrained(cached, local_files_only=True)
     gguf = Path(source.path)
     return transformers.AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+
+
+def _local_config(name: str, path: str) -> transformers.PretrainedConfig:
+    """A local folder's config.json, or a ModelNotFoundError saying why it cannot be used."""
+    try:
+        return transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError or its own validation errors
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelNotFoundError(f"model directory {name!r}: its config.json cannot be used ({reason}); "
+                                 "fix or replace it (it must be a Hugging Face model's config)") from exc
+
+
+def check_model(name: str) -> None:
+    """Fail now when `name` is unusable: not a preset or folder, or (a folder) a config.json that
+    transformers cannot read. A search checks this once, before any trial would fail on it.
+
+    Raises:
+        ModelNotFoundError: See `resolve_model`; or the folder's config.json is broken.
+    """
+    source = resolve_model(name)
+    if source.kind == "local":
+        _local_config(name, source.path)
 
 
 def load_tokenizer(name: str) -> transformers.PreTrainedTokenizerBase | None:

@@ -339,11 +339,4 @@ def write_trial_outputs(result: TrialResult, out: str | Path, *, poll_s: float =
 
 def write_result(result: TrialResult, path: str | Path) -> None:
     """Write the result JSON atomically: a reader sees the old file or the whole new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        result.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    result.save(path)   # atomic, and never through a link (autotune.files)

@@ -31,6 +31,7 @@ from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, MAX_REWARD_SEEDS, MAX
 from autotune.tuner import advisor, step_time, study as studies
 from autotune.tuner.by_gpu import GpuRow, by_gpu, table_markdown
 from autotune.tuner.convergence import progress_metrics
+from autotune.tuner.definition import study_definition
 from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
 from autotune.tuner.launcher import Launcher, end_all
@@ -185,17 +186,25 @@ def _check_numbers(settings: SearchSettings) -> None:
         raise ConfigError(problems, source="search settings")
 
 
+def _definition(space: SearchSpace, settings: SearchSettings, budget_gb: float) -> dict[str, object]:
+    """What defines this study (autotune.tuner.definition): a resume or a joining worker must match it."""
+    return study_definition(directions={o.metric: o.direction for o in space.objectives},
+                            ranges=distributions(space), base=space.base.to_dict(), budget_gb=budget_gb,
+                            reward_run={"seeds": settings.reward_seeds, "proxy": settings.reward_proxy,
+                                        "steps": settings.reward_steps})
+
+
 def _check_models(base: TrialConfig, proxy: str | None = None) -> None:
     """Fail before any study or trial exists when a model is neither a preset nor a local folder, or
     the task or prompts file is unusable; otherwise every trial would start, fail the same way, and
     leave an empty study behind."""
-    from autotune.rlhf.models import resolve_model  # imports transformers: once per search, not per trial
+    from autotune.rlhf.models import check_model  # imports transformers: once per search, not per trial
     from autotune.rlhf.tasks import TASKS, read_prompts
 
     for name in dict.fromkeys((base.model.actor, base.model.critic_name, base.model.reference_name,
                                base.model.reward_name, proxy)):
         if name is not None:
-            resolve_model(name)
+            check_model(name)
     if base.workload.task not in TASKS:
         raise ConfigError(f"workload.task: unknown task {schema.show(base.workload.task)}; "
                           f"choose one of {', '.join(TASKS)}")
@@ -226,7 +235,7 @@ class Controller:
             self.study = studies.open_study(
                 settings.study, self.storage, directions=self.space.directions,
                 objectives=[o.metric for o in self.space.objectives], sampler=sampler, budget_gb=self.budget_gb,
-                distributions=distributions(self.space))
+                distributions=distributions(self.space), definition=_definition(self.space, settings, self.budget_gb))
             store_policy(self.study, Policy(name=settings.policy, min_reward_ratio=settings.min_reward_ratio,
                                             reference=settings.reward_reference))
         self.trials_dir = studies.study_dir(settings.study) / "trials"

@@ -39,10 +39,11 @@ class Budget:
     assumed: bool = False   # no GPU and no --budget-gb: a stated assumption
 
 
-def choose_budget(budget_gb: float | None, gpus: tuple[str, ...]) -> Budget:
-    """--budget-gb if given; else the smallest listed GPU's total memory; else DEFAULT_CPU_BUDGET_GB."""
+def choose_budget(budget_gb: float | None, gpus: tuple[str, ...], *, source: str = "--budget-gb") -> Budget:
+    """`budget_gb` if given (from `source`, named in the note); else the smallest listed GPU's total
+    memory; else DEFAULT_CPU_BUDGET_GB."""
     if budget_gb is not None:
-        return Budget(gb=budget_gb, note=f"budget {budget_gb:g} GiB (--budget-gb)")
+        return Budget(gb=budget_gb, note=f"budget {budget_gb:g} GiB ({source})")
     if gpus:
         import torch
 

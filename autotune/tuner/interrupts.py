@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM as flags: a stop request that never cuts a write to the study or MLflow half-way.
+"""SIGINT, SIGTERM and SIGHUP as flags: a stop request that never cuts a write to the study or MLflow half-way.
 
 A Python signal handler that raises (the default KeyboardInterrupt) can land anywhere: inside
 SQLAlchemy creating tables (leaving a store neither Optuna nor MLflow can open again), or inside a
@@ -12,12 +12,13 @@ import signal
 import threading
 from typing import Callable, Iterator
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal or SSH session closed; it stops a search like Ctrl-C rather than killing it mid-write
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
 def signals_to_flag(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Within: SIGINT and SIGTERM call `on_signal(signum)` instead of raising; main thread only."""
+    """Within: SIGINT, SIGTERM and SIGHUP call `on_signal(signum)` instead of raising; main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

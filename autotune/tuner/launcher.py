@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autotune import files
 from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import ConfigError, StorageError
 from autotune.result import TrialResult, combine_ranks, rank_result_path, read_rank_results
@@ -120,7 +121,7 @@ def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: 
     argv = [*trial_argv(config, launcher), "--config", str(config_path), "--out", str(out_path)]
     if launcher.timeline:
         argv += ["--timeline", str(trial_dir / "timeline.png")]
-    start, available_gb = time.perf_counter(), host_available_gb()
+    start, available_gb, oom_kills = time.perf_counter(), host_available_gb(), oom_kill_count()
     code = _run(argv, trial_dir / "trial.log", trial_env(config, gpu), launcher.timeout_s, cancel)
     elapsed = time.perf_counter() - start
     if code == _CANCELLED:
@@ -129,7 +130,8 @@ def run_trial(config: TrialConfig, trial_dir: Path, *, launcher: Launcher, gpu: 
     if code is None:
         result = _failed(config, "timeout", f"timed out after {launcher.timeout_s:g} s", elapsed)
     else:
-        result = _read_result(config, out_path, code, trial_dir / "trial.log", elapsed, available_gb=available_gb)
+        result = _read_result(config, out_path, code, trial_dir / "trial.log", elapsed, available_gb=available_gb,
+                              oom_kills=oom_kills)
     log.info("trial %s: %s %s", trial_dir.name, result.status, result.message)
     return Launched(result=result, subprocess_s=elapsed)
 
@@ -195,7 +197,7 @@ def run_reward(reward_config: TrialConfig, run_dir: Path, *, launcher: Launcher,
         argv += ["--seeds", str(seeds)]
     if jobs > 1 and seeds > 1:
         argv += ["--jobs", str(min(jobs, seeds))]
-    start, available_gb = time.perf_counter(), host_available_gb()
+    start, available_gb, oom_kills = time.perf_counter(), host_available_gb(), oom_kill_count()
     code = _run(argv, run_dir / "reward.log", trial_env(reward_config, gpu), launcher.timeout_s, cancel)
     elapsed = time.perf_counter() - start
     if code == _CANCELLED:
@@ -212,7 +214,23 @@ def run_reward(reward_config: TrialConfig, run_dir: Path, *, launcher: Launcher,
             return RewardOutcome(key=key, model=model, proxy=proxy, steps=0, status="error", wall_time_s=elapsed,
                                  message=f"exit code {code}, unreadable reward result: {exc}")
     return RewardOutcome(key=key, model=model, proxy=proxy, steps=0, status="error", wall_time_s=elapsed,
-                         message=_no_result(code, run_dir / "reward.log", available_gb))
+                         message=_no_result(code, run_dir / "reward.log", available_gb, oom_kills))
+
+
+def oom_kill_count() -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended since boot (None: not Linux).
+
+    It counts cgroup (container) OOM kills too, so a rise while a child ran says what a bare
+    SIGKILL alone cannot: whether memory ran out.
+    """
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def host_available_gb() -> float:
@@ -222,6 +240,7 @@ def host_available_gb() -> float:
     return psutil.virtual_memory().available / _GiB
 
 
+_LOW_HOST_GB = 2.0        # free host memory at launch below which a bare SIGKILL is most likely the OOM killer
 _CANCELLED = -(1 << 16)   # not an exit code any process can return
 
 
@@ -233,6 +252,7 @@ def _write_config(config: TrialConfig, path: Path) -> None:
             search stops with this message rather than failing every later trial the same way.
     """
     try:
+        files.check_no_link(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         config.dump(path)
     except OSError as exc:
@@ -248,7 +268,7 @@ def _run(argv: list[str], log_path: Path, env: dict[str, str], timeout_s: float 
     behind would skew the next trial's memory).
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with open(log_path, "wb") as log_file:
+    with files.open_new(log_path) as log_file:
         # A new session keeps Ctrl-C at the terminal from reaching the child half-way; the
         # controller ends it itself, so the study records what really happened.
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -289,6 +309,11 @@ def _kill(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End a child started with `start_new_session=True` and everything it started (see `_kill`)."""
+    _kill(proc)
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -342,7 +367,7 @@ def watch_controller() -> None:
 
 
 def _read_result(config: TrialConfig, path: Path, code: int, log_path: Path, elapsed: float, *,
-                 available_gb: float | None = None) -> TrialResult:
+                 available_gb: float | None = None, oom_kills: int | None = None) -> TrialResult:
     if config.world_size > 1 and not path.is_file():
         # rank 0 never combined: some rank died and torchrun ended the rest; what the ranks wrote says why
         ranks = read_rank_results(path, config.world_size)
@@ -353,11 +378,14 @@ def _read_result(config: TrialConfig, path: Path, code: int, log_path: Path, ela
             return TrialResult.load(path)
         except ConfigError as exc:
             return _failed(config, "error", f"exit code {code}, unreadable result: {exc}", elapsed)
-    return _failed(config, "error", _no_result(code, log_path, available_gb), elapsed)
+    return _failed(config, "error", _no_result(code, log_path, available_gb, oom_kills), elapsed)
 
 
-def _no_result(code: int, log_path: Path, available_gb: float | None) -> str:
-    """Why a child left no result: the signal that killed it by name, else its exit code; and its log tail."""
+def _no_result(code: int, log_path: Path, available_gb: float | None, oom_kills: int | None = None) -> str:
+    """Why a child left no result: the signal that killed it by name, else its exit code; and its log tail.
+
+    `available_gb` and `oom_kills` are the host's free memory and OOM-kill count at launch.
+    """
     tail = log_path.read_text(errors="replace").strip().splitlines()[-5:] if log_path.is_file() else []
     log_tail = f"; log tail: {' | '.join(tail)}" if tail else ""
     if code >= 0:
@@ -368,10 +396,18 @@ def _no_result(code: int, log_path: Path, available_gb: float | None) -> str:
         name = f"signal {-code}"
     if -code == signal.SIGKILL:
         # Nothing in the controller sends a bare SIGKILL to a live child except past a timeout's
-        # grace period (reported as a timeout), so a SIGKILL here came from outside: on a host
-        # that ran short of memory, the kernel's OOM killer.
+        # grace period (reported as a timeout), so a SIGKILL here came from outside: the kernel's
+        # OOM killer only if it counted a kill meanwhile (or, without its count, memory was low).
         host = f"; the host had {available_gb:.1f} GiB available at launch" if available_gb is not None else ""
-        return f"killed by SIGKILL, most likely the OS out-of-memory killer{host}{log_tail}"
+        now = oom_kill_count()
+        if oom_kills is not None and now is not None:
+            if now > oom_kills:
+                return f"killed by SIGKILL from the OS out-of-memory killer{host}{log_tail}"
+            return (f"killed by SIGKILL from outside autotune, not the OS out-of-memory killer (it ended nothing "
+                    f"meanwhile){host}{log_tail}")
+        if available_gb is not None and available_gb < _LOW_HOST_GB:
+            return f"killed by SIGKILL, most likely the OS out-of-memory killer{host}{log_tail}"
+        return f"killed by SIGKILL from outside autotune{host}{log_tail}"
     return f"killed by {name}{log_tail}"
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune import files
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import TrialRecord, TrialResult
 from autotune.tuner import gain
@@ -348,13 +349,11 @@ def write_outputs(recommendation: Recommendation, records: list[TrialRecord], ou
         doc["recommended_row"] = _row(chosen, rule)
     if by_gpu is not None:
         doc["by_gpu"] = by_gpu
-    tmp = pareto_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(pareto_path)
+    files.write_text(pareto_path, json.dumps(doc, indent=2) + "\n")
     header = [f"# autotune recommendation: trial #{chosen.number}, policy {recommendation.policy}"]
     header += [f"# {line}" for line in sources(chosen.result).split("; ") if line]
     header += [f"# {line}" for line in reward_lines(recommendation)]
-    yaml_path.write_text("\n".join(header) + "\n" + chosen.config.dump())
+    files.write_text(yaml_path, "\n".join(header) + "\n" + chosen.config.dump())
     return pareto_path, yaml_path
 
 

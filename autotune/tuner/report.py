@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import logging
 
-from autotune.errors import NoFeasibleTrialError
+from autotune.errors import NoFeasibleTrialError, TrackingError
 from autotune.result import TrialRecord
 from autotune.tuner.recommend import Recommendation, pareto_front, recommend_study
 from autotune.tuner.study import STUDY_ATTR_BUDGET, load_study, records_of, study_dir
@@ -118,3 +118,6 @@ def log_front(study_name: str, storage: str | None = None, *, tracking_uri: str 
                               recommended if recommended.is_file() else None)
     finally:
         tracker.close()
+    if tracker.down:   # the tracker warned and stood down: logging the front was the whole command
+        raise TrackingError(f"the front was not logged: MLflow at {tracker.tracking_uri} failed (see the warning "
+                            "above); run the same command again once it is reachable")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from autotune import schema
-from autotune.config import TrialConfig, flatten
+from autotune.config import MAX_MEMORY_GB, TrialConfig, flatten
 from autotune.errors import ConfigError
 from autotune.tuner.metrics import METRICS
 
@@ -128,6 +128,8 @@ def parse_space(data: dict, *, source: str = "<space>") -> SearchSpace:
     budget = data.get("budget_gb")
     if budget is not None and not _positive_number(budget):
         problems.append(f"budget_gb: must be a positive, finite number, got {schema.show(budget)}")
+    elif budget is not None and budget > MAX_MEMORY_GB:
+        problems.append(f"budget_gb: must be at most {MAX_MEMORY_GB:g} GiB, got {schema.show(budget)}")
     if problems:
         raise ConfigError(problems, source=source)
     fixed = {d.name: d.value for d in dims if not d.searched}

@@ -7,6 +7,7 @@ on any machine that reaches the storage.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import warnings
@@ -17,6 +18,7 @@ from autotune import schema
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError, StorageError, StudyNotFoundError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
+from autotune.tuner.definition import check_definition
 from autotune.tuner.metrics import metric_value
 
 log = logging.getLogger(__name__)
@@ -79,8 +81,9 @@ def open_storage(url: str, *, heartbeat_interval_s: int | None = None, grace_per
         _check_sqlite_file(sqlite_path, url)
         if not read_only:
             _make_parent(sqlite_path, url)
+            _check_writable(sqlite_path, url)
         else:
-            url = f"sqlite:///file:{sqlite_path.resolve()}?mode=ro&uri=true"
+            url = f"sqlite:///{_read_only_uri(sqlite_path)}&uri=true"
     else:
         _check_server_storage(url)
     with warnings.catch_warnings():
@@ -103,6 +106,33 @@ def _sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///") or ":memory:" in url:
         return None
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _read_only_uri(path: Path) -> str:
+    """A SQLite URI that reads `path` without writing a byte, also in a read-only folder.
+
+    A WAL database opened read-only still creates its -shm file beside it, which a read-only folder
+    refuses ("unable to open database file"). There, with no -wal file holding newer commits, no
+    process can be writing the database, so it is opened as immutable and nothing is created.
+    """
+    uri = f"file:{path.resolve()}?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if not os.access(path.parent, os.W_OK) and not (wal.is_file() and wal.stat().st_size > 0):
+        uri += "&immutable=1"
+    return uri
+
+
+def _check_writable(path: Path, url: str) -> None:
+    """A search writes its study: say so when the database or its folder is read-only, before Optuna
+    fails half-way with an internal error.
+
+    Raises:
+        StorageError: naming what is not writable.
+    """
+    for what in (path, path.parent):
+        if what.exists() and not os.access(what, os.W_OK):
+            raise StorageError(f"storage {url}: {what} is not writable; fix its permissions (or pass a writable "
+                               "--storage), or use `autotune pareto` and `export`, which only read a study")
 
 
 def _make_parent(path: Path, url: str) -> None:
@@ -157,7 +187,7 @@ def _sqlite_tables(path: Path, url: str) -> set[str]:
         if header != b"SQLite format 3\x00":
             raise StorageError(f"storage {url}: {path} is not a SQLite database (it may be a text file); "
                                "pass the path of an optuna.db")
-        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=60)
+        connection = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60)
         try:
             return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
@@ -254,12 +284,15 @@ def make_sampler(name: str, seed: int | None) -> Any:
 
 
 def open_study(name: str, storage: Any, *, directions: list[str], objectives: list[str], sampler: Any,
-               budget_gb: float | None, distributions: dict[str, Any] | None = None) -> Any:
+               budget_gb: float | None, distributions: dict[str, Any] | None = None,
+               definition: dict[str, Any] | None = None) -> Any:
     """Create the study, or join it if it exists (a resumed run or another worker).
 
     Args:
         distributions: the space's {dimension: Optuna distribution}; an existing study's trials
             must agree with them, or the sampler would crash on the first ask().
+        definition: what defines the study (`autotune.tuner.definition.study_definition`); an
+            existing study's must be the same.
 
     Raises:
         ConfigError: when an existing study has other objectives or dimensions than this space, or
@@ -280,6 +313,8 @@ def open_study(name: str, storage: Any, *, directions: list[str], objectives: li
     elif list(known) != objectives:
         raise ConfigError(f"study {name!r} optimises {known}, but this space asks for {objectives}; "
                           "use another --study name")
+    if definition is not None:
+        check_definition(study, definition)
     _check_distributions(study, distributions or {})
     return study
 

@@ -153,7 +153,7 @@ def test_an_unwritable_trial_folder_is_a_storage_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("sig", "expected"), [
-    ("SIGKILL", "killed by SIGKILL, most likely the OS out-of-memory killer; the host had "),
+    ("SIGKILL", "killed by SIGKILL from outside autotune"),   # the kernel's OOM count rose by nothing
     ("SIGSEGV", "killed by SIGSEGV"),
 ])
 def test_a_trial_killed_by_a_signal_is_reported_by_name(tmp_path: Path, sig: str, expected: str) -> None:
