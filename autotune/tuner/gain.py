@@ -11,7 +11,9 @@ pass any config. What a saver can lose is what training adds, so every compariso
 Standard errors cover the training seed (the spread of the per-seed gains, for two or more seeds)
 and the evaluation prompts (their standard error, which the seeds share). Configs of one study are
 trained at the same seeds, so a difference is taken seed by seed: the seed's luck that both runs
-share cancels out.
+share cancels out. The spread of a difference is the config's own or the study's pooled one,
+whichever is larger: two seeds give one degree of freedom, and a spread that is small by chance
+would otherwise let a config near the floor pass on one run and fail on a rerun.
 
 Two rules use these figures:
   * learned: the baseline's gain is at least `MIN_LEARNING_Z` standard errors. Below that the
@@ -124,11 +126,36 @@ def learning_from(curve: tuple[RewardPoint, ...], *, steps: int | None = None) -
                     steps=steps if steps is not None else max(curve[-1].step, 0))
 
 
-def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], index: int = -1) -> Estimate | None:
+def paired_variance(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...]) -> tuple[float, int] | None:
+    """The variance over seeds of the per-seed gain differences at the end, and its degrees of
+    freedom; None where the runs are not paired or have one seed."""
+    if len(config) < 2 or len(baseline) < 2:
+        return None
+    mine, theirs = _seed_gains(config[0], config[-1]), _seed_gains(baseline[0], baseline[-1])
+    if len(mine) != len(theirs) or len(mine) < 2:
+        return None
+    return statistics.variance([a - b for a, b in zip(mine, theirs)]), len(mine) - 1
+
+
+def pooled_variance(curves: list[tuple[RewardPoint, ...]], baseline: tuple[RewardPoint, ...]) -> float | None:
+    """The seed-to-seed variance of a gain difference, pooled over a study's configs.
+
+    Two seeds give each config's own variance one degree of freedom: by chance it can be tiny, and a
+    config near the floor then passes on one run and fails on the next. Pooled over the study's
+    reward keys the estimate has as many degrees of freedom as keys.
+    """
+    found = [v for c in curves if (v := paired_variance(c, baseline)) is not None]
+    dof = sum(d for _, d in found)
+    return sum(var * d for var, d in found) / dof if dof else None
+
+
+def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], index: int = -1, *,
+            pooled_var: float | None = None) -> Estimate | None:
     """The share of the baseline's gain that a config keeps at `index` of both curves.
 
-    The difference of the gains is taken seed by seed where both ran the same seeds; its SE and the
-    baseline gain's SE go through the ratio by the delta method.
+    The difference of the gains is taken seed by seed where both ran the same seeds; its variance
+    over seeds is the config's own or, where larger, `pooled_var` (the study's; see
+    `pooled_variance`). Its SE and the baseline gain's SE go through the ratio by the delta method.
     """
     base = gain_at(baseline, index)
     if base is None or len(config) < 2 or base.value <= 0:
@@ -139,7 +166,9 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
     if paired:
         diffs = [a - b for a, b in zip(mine, theirs)]
         prompt_se = math.hypot(config[index].prompt_se, baseline[index].prompt_se)
-        diff = Estimate(value=statistics.fmean(diffs), se=_se(diffs, prompt_se))
+        own_var = statistics.variance(diffs) if len(diffs) > 1 else 0.0
+        seed_var = max(own_var, pooled_var or 0.0) if len(diffs) > 1 else 0.0
+        diff = Estimate(value=statistics.fmean(diffs), se=math.sqrt(seed_var / len(diffs) + prompt_se ** 2))
     else:   # different seed counts: independent estimates
         own = Estimate(value=statistics.fmean(mine), se=_se(mine, math.hypot(config[0].prompt_se, config[index].prompt_se)))
         diff = Estimate(value=own.value - base.value, se=math.hypot(own.se, base.se))
@@ -148,22 +177,23 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
     return Estimate(value=1.0 + ratio, se=se)
 
 
-def kept(config: TrialResult, baseline: TrialResult) -> Estimate | None:
+def kept(config: TrialResult, baseline: TrialResult, *, pooled_var: float | None = None) -> Estimate | None:
     """The share of the baseline's reward gain that `config` keeps (None where it cannot be said)."""
     if config is baseline:
         return Estimate(value=1.0, se=0.0)
-    return kept_at(points(config), points(baseline))
+    return kept_at(points(config), points(baseline), pooled_var=pooled_var)
 
 
-def kept_curve(config: TrialResult, baseline: TrialResult) -> list[tuple[int, Estimate]]:
+def kept_curve(config: TrialResult, baseline: TrialResult, *,
+               pooled_var: float | None = None) -> list[tuple[int, Estimate]]:
     """The kept gain at each scored step both curves share (after step 0)."""
     mine, theirs = points(config), points(baseline)
     if len(mine) != len(theirs) or any(a.step != b.step for a, b in zip(mine, theirs)):
-        found = kept_at(mine, theirs)
+        found = kept_at(mine, theirs, pooled_var=pooled_var)
         return [] if found is None else [(mine[-1].step, found)]
     out = []
     for i in range(1, len(mine)):
-        found = kept_at(mine, theirs, i)
+        found = kept_at(mine, theirs, i, pooled_var=pooled_var if i == len(mine) - 1 else None)
         if found is not None:
             out.append((mine[i].step, found))
     return out

@@ -95,6 +95,7 @@ class RewardRule:
     reference_name: str
     floor: float
     learning: gain.Learning | None
+    pooled_var: float | None = None   # the study's seed-to-seed variance of a gain difference (gain.pooled_variance)
 
     @property
     def judged(self) -> bool:
@@ -106,7 +107,7 @@ class RewardRule:
             return None
         if record is self.reference:
             return gain.Estimate(value=1.0, se=0.0)
-        return gain.kept(record.result, self.reference.result)
+        return gain.kept(record.result, self.reference.result, pooled_var=self.pooled_var)
 
     def keeps(self, record: TrialRecord) -> bool:
         """The non-inferiority test: the kept gain's lower bound is at or above the floor."""
@@ -192,7 +193,7 @@ def recommend(records: list[TrialRecord], *, policy: str = "fastest", budget_gb:
         raise NoFeasibleTrialError(f"no feasible completed trial{where} among {len(records)} trials")
     within = f"within the {budget_gb:g} GiB budget" if budget_gb is not None else "on the feasible front"
     baseline = find_baseline(records)
-    rule = reward_rule(front, baseline, reference=reference, floor=min_reward_ratio)
+    rule = reward_rule(front, baseline, reference=reference, floor=min_reward_ratio, records=records)
     timed = [r for r in front if r.result.step_time_s is not None]
     if not rule.judged and policy == "fastest" and timed:
         chosen = min(timed, key=lambda r: (_step(r), _peak(r)))
@@ -215,8 +216,9 @@ def recommend(records: list[TrialRecord], *, policy: str = "fastest", budget_gb:
 
 
 def reward_rule(front: list[TrialRecord], baseline: TrialRecord | None, *, reference: str = "baseline",
-                floor: float = DEFAULT_MIN_KEPT) -> RewardRule:
-    """Whose gain the front is judged against, and whether that run learned."""
+                floor: float = DEFAULT_MIN_KEPT, records: list[TrialRecord] | None = None) -> RewardRule:
+    """Whose gain the front is judged against, whether that run learned, and the seed spread of a
+    gain difference pooled over every scored config of `records` (the front's, by default)."""
     if reference == "baseline" and baseline is not None and baseline.result.reward is not None:
         ref, name = baseline, "the baseline's"
     else:
@@ -224,7 +226,13 @@ def reward_rule(front: list[TrialRecord], baseline: TrialRecord | None, *, refer
         ref = max(scored, key=_reward) if scored else None
         name = "the best trial's" if reference == "best" else "the best trial's (the baseline has no reward)"
     learning = gain.learning(ref.result) if ref is not None else None
-    return RewardRule(reference=ref, reference_name=name, floor=floor, learning=learning)
+    pooled = None
+    if ref is not None:
+        curves = {r.result.reward_key or str(r.number): gain.points(r.result)
+                  for r in (records if records is not None else front) if r is not ref and r.result.reward is not None
+                  and (r.result.reward_key != ref.result.reward_key or not r.result.reward_key)}
+        pooled = gain.pooled_variance(list(curves.values()), gain.points(ref.result))
+    return RewardRule(reference=ref, reference_name=name, floor=floor, learning=learning, pooled_var=pooled)
 
 
 def _keeping(pool: list[TrialRecord], rule: RewardRule, within: str, *, fastest: bool) -> tuple[TrialRecord, str]:
@@ -389,7 +397,7 @@ def _curve_line(recommendation: Recommendation) -> str | None:
     rule, rec = recommendation.rule, recommendation.record
     if rule is None or not rule.judged or rule.reference is None or rec is rule.reference:
         return None
-    curve = gain.kept_curve(rec.result, rule.reference.result)
+    curve = gain.kept_curve(rec.result, rule.reference.result, pooled_var=rule.pooled_var)
     if len(curve) < 2:
         return None
     text = ", ".join(f"{est.value:.2f} ± {est.se:.2f} at step {step}" for step, est in curve)

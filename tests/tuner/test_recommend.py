@@ -147,6 +147,23 @@ def test_kept_gain_is_paired_by_seed_and_judged_at_its_lower_bound() -> None:
     assert recommend([base, loose], policy="min-memory").record.number == 0
 
 
+def test_a_spread_that_is_small_by_chance_gives_way_to_the_studys_pooled_one() -> None:
+    """Two seeds give a config's own spread one degree of freedom; the study's pooled spread stops a
+    config near the floor from passing on a lucky rerun."""
+    untrained = (0.125, 0.125)
+    base = _rec(0, 0.40, 10.0, reason="baseline", points=_seeds((0, untrained), (32, (0.41, 0.39))))
+    # keeps 0.84 on average; its two seeds differ from the baseline's by the same amount (own SE ~0)
+    lucky = _rec(1, 0.356, 3.0, points=_seeds((0, untrained), (32, (0.366, 0.346))))
+    alone = recommend([base, lucky], policy="min-memory")
+    assert alone.record.number == 1                       # on its own, the tiny spread lets it through
+    # two other configs of the study show the usual spread of a difference (0.05 between seeds)
+    others = [_rec(2, 0.40, 12.0, points=_seeds((0, untrained), (32, (0.435, 0.365)))),
+              _rec(3, 0.40, 11.0, points=_seeds((0, untrained), (32, (0.375, 0.425))))]
+    pooled = recommend([base, lucky, *others], policy="min-memory")
+    assert pooled.rule is not None and pooled.rule.pooled_var is not None
+    assert not pooled.rule.keeps(lucky) and pooled.rule.undecided(lucky) and pooled.record.number == 0
+
+
 def test_a_baseline_that_did_not_learn_leaves_the_choice_to_memory_and_says_so() -> None:
     base = _rec(0, 0.1317, 46.0, reason="baseline", initial=0.1251, points=_seeds((0, (0.1251, 0.1251)),
                                                                                    (8, (0.1317, 0.1297))))
