@@ -462,7 +462,7 @@ def roundup_table(value: int | str | None) -> tuple[int, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryConfig:
-    """The memory interventions; the README section "Where the interventions act" says where each acts."""
+    """The memory interventions; docs/SEARCH.md, "Where the interventions act", says where each acts."""
 
     empty_cache_after: tuple[Phase, ...] = ()
     actor_gradient_checkpointing: bool = False

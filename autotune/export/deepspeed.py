@@ -4,7 +4,7 @@ The ZeRO section comes from `autotune.rlhf.zero.deepspeed_config`, the function 
 so the exported buckets, thresholds and flags are the ones that were measured. Only one thing is
 added: an `optimizer` section for a model that trained with AdamW, so the file also launches on its
 own (`torch_adam: true` makes DeepSpeed build `torch.optim.AdamW`, the optimizer the trial passed).
-FRUGAL is never in the JSON: it is a client optimizer (README, "Export to your training stack").
+FRUGAL is never in the JSON: it is a client optimizer (docs/EXPORT_TARGETS.md, "Export to your training stack").
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ exported partition with OpenRLHF's own lr, betas, eps and weight decay.
 
 It must run in every Ray worker: start Ray with
 `runtime_env={"worker_process_setup_hook": "autotune.export.openrlhf_hook.install"}` before
-OpenRLHF's entry point (README, "OpenRLHF 0.11"). The partition file is named by
+OpenRLHF's entry point (docs/EXPORT_TARGETS.md, "OpenRLHF 0.11"). The partition file is named by
 AUTOTUNE_FRUGAL_PARTITION (default ./frugal_partition.yaml).
 """
 from __future__ import annotations

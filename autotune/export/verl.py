@@ -102,7 +102,7 @@ def _warnings(cfg: TrialConfig) -> list[str]:
     if frugal_models(cfg):
         out.append(f"FRUGAL in verl: the exported model.external_lib={FRUGAL_HOOK} must be importable in every Ray "
                    "worker (pip install autotune there) and AUTOTUNE_FRUGAL_PARTITION must give the absolute path of "
-                   "frugal_partition.yaml in the workers' environment (README, verl)")
+                   "frugal_partition.yaml in the workers' environment (docs/EXPORT_TARGETS.md, verl)")
     return out
 
 

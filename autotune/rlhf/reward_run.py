@@ -65,11 +65,11 @@ _CRITIC_ONLY = ("optimizer.critic", "workload.critic_lr", "workload.value_clip",
 
 # The proxy that carries a big model's reward runs on a CPU: llama-tiny's width (128) and vocabulary
 # (512) at the model's own depth, `llama-tiny-<N>`, so that a partition maps onto it layer for layer
-# (llama-1b -> llama-tiny-16, the OPT presets -> llama-tiny-24). Measured on the shared 2-core CPU
-# (README "Where the reward run happens"): a default reward run costs ~1-1.5 min on llama-tiny-16,
-# against ~2-8 min on llama-small (its 32k vocabulary) and more on smollm2-135m, and a default
-# llama-1b search affords ~90 s per reward run. Every family gets the same Llama proxy: a random-init
-# model learns the programmatic tasks the same way whatever its family.
+# (llama-1b -> llama-tiny-16, the OPT presets -> llama-tiny-24). Measured on the shared 2-core CPU:
+# a step of the default workload costs ~1.4 s on llama-tiny-16 (a 64-step, two-seed reward run ~3.5
+# CPU-minutes), several times that on llama-small (its 32k vocabulary) and ~10 s on smollm2-135m.
+# Every family gets the same Llama proxy: a random-init model learns the programmatic tasks the same
+# way whatever its family (benchmarks/proxy_fidelity.py checks it against the pretrained smollm2-135m).
 DEEP_TINY_PROXY = "llama-tiny-{layers}"
 TEXT_PROXY = "smollm2-135m"   # the smallest model with a tokenizer, for tasks scored on decoded text
 MAX_REWARD_SEEDS = 100   # training seeds one reward run may average (search and `autotune reward`)

@@ -3,7 +3,7 @@
 Reads like a torchtune recipe: `__init__` rejects bad combinations before anything is built,
 `setup()` builds the task, models and optimizers in dependency order, and `run()` loops
 `generate() -> make_experience() -> train_actor() -> train_critic()`, each phase inside a memory
-probe phase, with the memory interventions applied where the README places them ("Where the interventions act").
+probe phase, with the memory interventions applied where docs/SEARCH.md places them ("Where the interventions act").
 """
 from __future__ import annotations
 

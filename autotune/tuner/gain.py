@@ -18,8 +18,9 @@ would otherwise let a config near the floor pass on one run and fail on a rerun.
 Two rules use these figures:
   * learned: the baseline's gain is at least `MIN_LEARNING_Z` standard errors. Below that the
     reward runs are too short (or too noisy) to rank anything, and no reward comparison is made.
-  * keeps the reward (a non-inferiority test): the lower bound kept - 2 SE is at or above the
-    floor. The burden of proof is on the saver, so a noisier reward never lets more configs pass.
+  * keeps the reward (a non-inferiority test): the lower bound kept - 2 SE (Student's t for the
+    seeds' degrees of freedom instead of 2) is at or above the floor. The burden of proof is on the
+    saver, so a noisier reward never lets more configs pass.
 """
 from __future__ import annotations
 
@@ -30,7 +31,18 @@ from dataclasses import dataclass
 from autotune.result import RewardPoint, TrialResult
 
 MIN_LEARNING_Z = 10.0        # the baseline's gain in standard errors before any reward comparison
-BOUND_Z = 2.0                # the non-inferiority bound: kept - BOUND_Z * SE must clear the floor
+BOUND_Z = 2.0                # the non-inferiority bound: kept - BOUND_Z * SE must clear the floor ...
+# ... where the spread is known; estimated from a few seeds, Student's t for its degrees of freedom
+# (97.5%) takes the place of 2: two seeds per config give one degree of freedom each.
+_T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
+         12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
+
+
+def bound_factor(dof: float) -> float:
+    """How many standard errors the non-inferiority bound lies below the estimate."""
+    if dof >= 30:
+        return BOUND_Z
+    return _T975[max(d for d in _T975 if d <= max(dof, 1))]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,15 +51,16 @@ class Estimate:
 
     value: float
     se: float
+    dof: float = math.inf      # degrees of freedom behind `se` (inf: a large-sample one, e.g. the prompts')
 
     @property
     def lower(self) -> float:
-        """The non-inferiority bound: value - BOUND_Z standard errors."""
-        return self.value - BOUND_Z * self.se
+        """The non-inferiority bound: value - t(dof) standard errors (2 for a large-sample SE)."""
+        return self.value - bound_factor(self.dof) * self.se
 
     @property
     def upper(self) -> float:
-        return self.value + BOUND_Z * self.se
+        return self.value + bound_factor(self.dof) * self.se
 
     @property
     def z(self) -> float:
@@ -137,25 +150,27 @@ def paired_variance(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint
     return statistics.variance([a - b for a, b in zip(mine, theirs)]), len(mine) - 1
 
 
-def pooled_variance(curves: list[tuple[RewardPoint, ...]], baseline: tuple[RewardPoint, ...]) -> float | None:
+def pooled_variance(curves: list[tuple[RewardPoint, ...]],
+                    baseline: tuple[RewardPoint, ...]) -> tuple[float, int] | None:
     """The seed-to-seed variance of a gain difference, pooled over a study's configs.
 
     Two seeds give each config's own variance one degree of freedom: by chance it can be tiny, and a
     config near the floor then passes on one run and fails on the next. Pooled over the study's
-    reward keys the estimate has as many degrees of freedom as keys.
+    reward keys the estimate has as many degrees of freedom as keys. Returns (variance, dof).
     """
     found = [v for c in curves if (v := paired_variance(c, baseline)) is not None]
     dof = sum(d for _, d in found)
-    return sum(var * d for var, d in found) / dof if dof else None
+    return (sum(var * d for var, d in found) / dof, dof) if dof else None
 
 
 def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], index: int = -1, *,
-            pooled_var: float | None = None) -> Estimate | None:
+            pooled: tuple[float, int] | None = None) -> Estimate | None:
     """The share of the baseline's gain that a config keeps at `index` of both curves.
 
     The difference of the gains is taken seed by seed where both ran the same seeds; its variance
-    over seeds is the config's own or, where larger, `pooled_var` (the study's; see
-    `pooled_variance`). Its SE and the baseline gain's SE go through the ratio by the delta method.
+    over seeds is the config's own or, where larger, the study's `pooled` one (`pooled_variance`),
+    with the pooled degrees of freedom. Its SE and the baseline gain's SE go through the ratio by
+    the delta method.
     """
     base = gain_at(baseline, index)
     if base is None or len(config) < 2 or base.value <= 0:
@@ -166,34 +181,36 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
     if paired:
         diffs = [a - b for a, b in zip(mine, theirs)]
         prompt_se = math.hypot(config[index].prompt_se, baseline[index].prompt_se)
-        own_var = statistics.variance(diffs) if len(diffs) > 1 else 0.0
-        seed_var = max(own_var, pooled_var or 0.0) if len(diffs) > 1 else 0.0
-        diff = Estimate(value=statistics.fmean(diffs), se=math.sqrt(seed_var / len(diffs) + prompt_se ** 2))
+        own_var, dof = (statistics.variance(diffs), len(diffs) - 1) if len(diffs) > 1 else (0.0, math.inf)
+        if pooled is not None and len(diffs) > 1:
+            own_var, dof = max(own_var, pooled[0]), max(dof, pooled[1])
+        diff = Estimate(value=statistics.fmean(diffs), se=math.sqrt(own_var / len(diffs) + prompt_se ** 2), dof=dof)
     else:   # different seed counts: independent estimates
         own = Estimate(value=statistics.fmean(mine), se=_se(mine, math.hypot(config[0].prompt_se, config[index].prompt_se)))
-        diff = Estimate(value=own.value - base.value, se=math.hypot(own.se, base.se))
+        diff = Estimate(value=own.value - base.value, se=math.hypot(own.se, base.se),
+                        dof=max(1, min(len(mine), len(theirs)) - 1) if min(len(mine), len(theirs)) > 1 else math.inf)
     ratio = diff.value / base.value
     se = math.hypot(diff.se, ratio * base.se) / base.value
-    return Estimate(value=1.0 + ratio, se=se)
+    return Estimate(value=1.0 + ratio, se=se, dof=diff.dof)
 
 
-def kept(config: TrialResult, baseline: TrialResult, *, pooled_var: float | None = None) -> Estimate | None:
+def kept(config: TrialResult, baseline: TrialResult, *, pooled: tuple[float, int] | None = None) -> Estimate | None:
     """The share of the baseline's reward gain that `config` keeps (None where it cannot be said)."""
     if config is baseline:
         return Estimate(value=1.0, se=0.0)
-    return kept_at(points(config), points(baseline), pooled_var=pooled_var)
+    return kept_at(points(config), points(baseline), pooled=pooled)
 
 
 def kept_curve(config: TrialResult, baseline: TrialResult, *,
-               pooled_var: float | None = None) -> list[tuple[int, Estimate]]:
+               pooled: tuple[float, int] | None = None) -> list[tuple[int, Estimate]]:
     """The kept gain at each scored step both curves share (after step 0)."""
     mine, theirs = points(config), points(baseline)
     if len(mine) != len(theirs) or any(a.step != b.step for a, b in zip(mine, theirs)):
-        found = kept_at(mine, theirs, pooled_var=pooled_var)
+        found = kept_at(mine, theirs, pooled=pooled)
         return [] if found is None else [(mine[-1].step, found)]
     out = []
     for i in range(1, len(mine)):
-        found = kept_at(mine, theirs, i, pooled_var=pooled_var if i == len(mine) - 1 else None)
+        found = kept_at(mine, theirs, i, pooled=pooled if i == len(mine) - 1 else None)
         if found is not None:
             out.append((mine[i].step, found))
     return out

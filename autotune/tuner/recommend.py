@@ -95,7 +95,7 @@ class RewardRule:
     reference_name: str
     floor: float
     learning: gain.Learning | None
-    pooled_var: float | None = None   # the study's seed-to-seed variance of a gain difference (gain.pooled_variance)
+    pooled: tuple[float, int] | None = None   # the study's seed spread of a gain difference, and its dof
 
     @property
     def judged(self) -> bool:
@@ -107,7 +107,7 @@ class RewardRule:
             return None
         if record is self.reference:
             return gain.Estimate(value=1.0, se=0.0)
-        return gain.kept(record.result, self.reference.result, pooled_var=self.pooled_var)
+        return gain.kept(record.result, self.reference.result, pooled=self.pooled)
 
     def keeps(self, record: TrialRecord) -> bool:
         """The non-inferiority test: the kept gain's lower bound is at or above the floor."""
@@ -232,7 +232,7 @@ def reward_rule(front: list[TrialRecord], baseline: TrialRecord | None, *, refer
                   for r in (records if records is not None else front) if r is not ref and r.result.reward is not None
                   and (r.result.reward_key != ref.result.reward_key or not r.result.reward_key)}
         pooled = gain.pooled_variance(list(curves.values()), gain.points(ref.result))
-    return RewardRule(reference=ref, reference_name=name, floor=floor, learning=learning, pooled_var=pooled)
+    return RewardRule(reference=ref, reference_name=name, floor=floor, learning=learning, pooled=pooled)
 
 
 def _keeping(pool: list[TrialRecord], rule: RewardRule, within: str, *, fastest: bool) -> tuple[TrialRecord, str]:
@@ -397,7 +397,7 @@ def _curve_line(recommendation: Recommendation) -> str | None:
     rule, rec = recommendation.rule, recommendation.record
     if rule is None or not rule.judged or rule.reference is None or rec is rule.reference:
         return None
-    curve = gain.kept_curve(rec.result, rule.reference.result, pooled_var=rule.pooled_var)
+    curve = gain.kept_curve(rec.result, rule.reference.result, pooled=rule.pooled)
     if len(curve) < 2:
         return None
     text = ", ".join(f"{est.value:.2f} ± {est.se:.2f} at step {step}" for step, est in curve)

@@ -148,19 +148,22 @@ def test_kept_gain_is_paired_by_seed_and_judged_at_its_lower_bound() -> None:
 
 
 def test_a_spread_that_is_small_by_chance_gives_way_to_the_studys_pooled_one() -> None:
-    """Two seeds give a config's own spread one degree of freedom; the study's pooled spread stops a
-    config near the floor from passing on a lucky rerun."""
-    untrained = (0.125, 0.125)
-    base = _rec(0, 0.40, 10.0, reason="baseline", points=_seeds((0, untrained), (32, (0.41, 0.39))))
-    # keeps 0.84 on average; its two seeds differ from the baseline's by the same amount (own SE ~0)
-    lucky = _rec(1, 0.356, 3.0, points=_seeds((0, untrained), (32, (0.366, 0.346))))
+    """A few seeds give a config's own spread few degrees of freedom; the study's pooled spread (and
+    Student's t for its degrees of freedom) stops a config near the floor passing on a lucky rerun."""
+    from autotune.tuner import gain
+
+    assert gain.bound_factor(1) == 12.71 and gain.bound_factor(3) == 3.18 and gain.bound_factor(100) == 2.0
+    untrained = (0.125,) * 4
+    base = _rec(0, 0.40, 10.0, reason="baseline", points=_seeds((0, untrained), (32, (0.41, 0.39, 0.41, 0.39))))
+    # keeps 0.84 on average; its four seeds differ from the baseline's by the same amount (own spread 0)
+    lucky = _rec(1, 0.356, 3.0, points=_seeds((0, untrained), (32, (0.366, 0.346, 0.366, 0.346))))
     alone = recommend([base, lucky], policy="min-memory")
-    assert alone.record.number == 1                       # on its own, the tiny spread lets it through
-    # two other configs of the study show the usual spread of a difference (0.05 between seeds)
-    others = [_rec(2, 0.40, 12.0, points=_seeds((0, untrained), (32, (0.435, 0.365)))),
-              _rec(3, 0.40, 11.0, points=_seeds((0, untrained), (32, (0.375, 0.425))))]
+    assert alone.record.number == 1                       # on its own, the zero spread lets it through
+    # two other configs of the study show the usual spread of a difference between seeds
+    others = [_rec(2, 0.40, 12.0, points=_seeds((0, untrained), (32, (0.45, 0.35, 0.37, 0.43)))),
+              _rec(3, 0.40, 11.0, points=_seeds((0, untrained), (32, (0.37, 0.43, 0.45, 0.35))))]
     pooled = recommend([base, lucky, *others], policy="min-memory")
-    assert pooled.rule is not None and pooled.rule.pooled_var is not None
+    assert pooled.rule is not None and pooled.rule.pooled is not None and pooled.rule.pooled[1] == 9
     assert not pooled.rule.keeps(lucky) and pooled.rule.undecided(lucky) and pooled.record.number == 0
 
 
