@@ -61,7 +61,7 @@ FEATURES: tuple[Feature, ...] = (
             hint="call torch.cuda.set_per_process_memory_fraction() at start-up (see --format env)"),
     Feature(name="frugal", is_on=lambda c: bool(frugal_models(c)),
             describe=lambda c: f"FRUGAL optimizer for the {' and '.join(frugal_models(c))}",
-            hint=f"build it with autotune.optim.partition from {PARTITION_FILE} (docs/EXPORT_TARGETS.md, "Rebuilding FRUGAL")"),
+            hint=f"build it with autotune.optim.partition from {PARTITION_FILE} (docs/EXPORT_TARGETS.md, Rebuilding FRUGAL)"),
 )
 FEATURE_NAMES = frozenset(f.name for f in FEATURES)
 
