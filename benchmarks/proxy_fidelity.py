@@ -33,7 +33,7 @@ from autotune.result import TrialRecord, TrialResult
 from autotune.rlhf.reward_run import RewardOutcome, reward_config
 from autotune.tuner import gain
 from autotune.tuner.recommend import DEFAULT_MIN_KEPT, recommend
-from benchmarks.common import RAW_DIR
+from benchmarks.common import RAW_DIR, REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,23 @@ def jobs(keys: list[str], *, proxy_steps: int, real_steps: int, seeds: int) -> l
         found += [Job(key=key, model="proxy", config=proxy, seeds=seeds),
                   Job(key=key, model="real", config=real, seeds=seeds)]
     return found
+
+
+def reuse(job: Job, study: str) -> None:
+    """Take the job's outcome from a study's own reward run of the same key, where it has one (the
+    headline study trains exactly these proxy configs)."""
+    from autotune.rlhf.reward_run import reward_key
+
+    if job.out.is_file():
+        return
+    key = reward_key(job.config, seeds=job.seeds)
+    for found in sorted((REPO_ROOT / "runs" / study / "rewards" / key).glob("*/reward.json")):
+        outcome = RewardOutcome.load(found)
+        if outcome.ok and outcome.points:
+            job.out.parent.mkdir(parents=True, exist_ok=True)
+            outcome.save(job.out)
+            logger.info("%s %s: reused %s", job.model, job.key, found)
+            return
 
 
 def run(job: Job) -> RewardOutcome:
@@ -136,10 +153,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--real-steps", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="reward runs at a time (one thread each)")
+    parser.add_argument("--reuse-study", default=None, metavar="NAME",
+                        help="take proxy outcomes from this study's reward runs where it has the same key")
     args = parser.parse_args(argv)
     keys = list(KEYS)[:args.keys]
     start = time.perf_counter()
     todo = jobs(keys, proxy_steps=args.proxy_steps, real_steps=args.real_steps, seeds=args.seeds)
+    if args.reuse_study:
+        for job in todo:
+            if job.model == "proxy":
+                reuse(job, args.reuse_study)
     with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
         outcomes = dict(zip(((j.model, j.key) for j in todo), pool.map(run, todo)))
     peaks = planned_peaks(keys)
