@@ -97,7 +97,7 @@ class _CountOps(TorchDispatchMode):
 
 def tracer_overhead(repeats: int = 3) -> None:
     """Print the per-op cost of tracing plus live simulation on a tiny-Llama iteration."""
-    from autotune.memory.probe import make_probe
+    from autotune.memory.probes import make_probe
 
     # One intra-op thread: on a shared 2-core box, idle OpenMP workers spinning between ops
     # otherwise swamp what is being measured.

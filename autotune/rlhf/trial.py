@@ -87,7 +87,7 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         torch.set_num_threads(1)
 
     from autotune.memory.allocator import SimulatedOutOfMemoryError
-    from autotune.memory.probe import make_probe
+    from autotune.memory.probes import make_probe
     from autotune.rlhf.workload import RLHFWorkload
 
     start = time.perf_counter()

@@ -71,7 +71,7 @@ class RLHFWorkload:
 
     Args:
         cfg: the trial; `cfg.algorithm` picks PPO (actor, critic, reference, reward) or GRPO (no critic).
-        probe: a memory probe from `autotune.memory.probe.make_probe` for `cfg.device`.
+        probe: a memory probe from `autotune.memory.probes.make_probe` for `cfg.device`.
     """
 
     def __init__(self, cfg: TrialConfig, probe: MemoryProbe):
