@@ -156,6 +156,19 @@ def unchecked() -> Iterator[None]:
         _CHECK_VALUES.reset(token)
 
 
+# What a record's `problems()` yields: (field name, message) pairs.
+Problems = Iterator[tuple[str, str]]
+
+
+def non_finite(record: object) -> Problems:
+    """Every float field of `record` that is NaN or infinite: a record's range checks would let NaN
+    through (every comparison with NaN is false), and an infinite size or rate is never meant."""
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            yield f.name, f"must be a finite number, got {value}"
+
+
 def validate(obj: Any) -> list[str]:
     """Every value problem in a dataclass tree, as 'key.path: message' strings."""
     problems: list[str] = []
