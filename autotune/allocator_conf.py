@@ -6,7 +6,7 @@ only `schema` and `errors`); `autotune.config` re-exports what its callers use.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from autotune import schema
@@ -178,7 +178,7 @@ def _true_false(raw: str) -> bool:
     return raw == "True"
 
 
-_MODELLED: dict[str, tuple[str, object]] = {
+_MODELLED: dict[str, tuple[str, Callable[[str], object]]] = {
     "expandable_segments": ("expandable_segments", _true_false),
     "max_split_size_mb": ("max_split_size_mb", int),
     "max_non_split_rounding_mb": ("max_non_split_rounding_mb", int),

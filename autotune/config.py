@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from autotune import schema
+
 # The allocator settings parse in their own module; callers import them from here as before.
-from autotune.allocator_conf import ALLOC_CONF_VARS as ALLOC_CONF_VARS
-from autotune.allocator_conf import AllocatorConfig as AllocatorConfig
-from autotune.allocator_conf import effective_alloc_conf as effective_alloc_conf
+from autotune.allocator_conf import (
+    ALLOC_CONF_VARS as ALLOC_CONF_VARS,
+    AllocatorConfig as AllocatorConfig,
+    effective_alloc_conf as effective_alloc_conf,
+)
 from autotune.errors import ConfigError
 from autotune.schema import Problems
 
@@ -59,7 +62,8 @@ class WorkloadConfig:
 
     task: str = "target-token"                 # a programmatic task from autotune.rlhf.tasks
     prompts_file: str | None = None            # local JSONL of {"prompt": ...} lines instead of task prompts
-    reward_source: Literal["task", "model"] = "task"  # "task": the reward model still runs (its memory counts), the task scores
+    # "task": the reward model still runs (its memory counts), the task scores
+    reward_source: Literal["task", "model"] = "task"
     batch_size: int = 8                        # prompts per RLHF iteration
     group_size: int = 4                        # GRPO samples per prompt
     prompt_len: int = 8

@@ -14,8 +14,9 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -304,7 +305,8 @@ def _convert_dataclass(cls: Any, value: Any, path: str, problems: list[str]) -> 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in value:
         if key not in fields:
-            problems.append(f"{_join(path, _cap(str(key), _SHOW_CHARS))}: unknown key (valid keys: {', '.join(fields)})")
+            where = _join(path, _cap(str(key), _SHOW_CHARS))
+            problems.append(f"{where}: unknown key (valid keys: {', '.join(fields)})")
     kwargs, bad, missing = {}, set(), False
     for name, f in fields.items():
         if name in value:

@@ -144,7 +144,7 @@ class MemoryProbe(ABC):
     @abstractmethod
     def _reset_peaks(self) -> None: ...
 
-    def _phase_started(self, name: str) -> None:
+    def _phase_started(self, name: str) -> None:  # noqa: B027 - an optional hook, not abstract
         """Hook: the current phase label changed ("" between phases)."""
 
     # -- bookkeeping -------------------------------------------------------------------------

@@ -267,7 +267,7 @@ def reward_config(cfg: TrialConfig, *, proxy: str | None) -> TrialConfig:
         spec = cfg.optimizer.partition
         if spec.layers is not None:
             mapped = map_partition(spec, n_from=_n_layers(cfg.model.actor), n_to=_n_layers(proxy))
-            data["optimizer"]["partition"]["layers"] = list(mapped.layers)
+            data["optimizer"]["partition"]["layers"] = list(mapped.layers)  # type: ignore[arg-type]  # a list maps to a list
     # canonical on the model that runs: a static density becomes the proxy's layers
     return TrialConfig.from_dict(_canonical(data), source="reward config")
 

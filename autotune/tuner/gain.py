@@ -102,7 +102,8 @@ def gain_at(curve: tuple[RewardPoint, ...], index: int = -1) -> Estimate | None:
     if len(curve) < 2:
         return None
     gains = _seed_gains(curve[0], curve[index])
-    return Estimate(value=statistics.fmean(gains), se=_se(gains, math.hypot(curve[0].prompt_se, curve[index].prompt_se)))
+    return Estimate(value=statistics.fmean(gains),
+                    se=_se(gains, math.hypot(curve[0].prompt_se, curve[index].prompt_se)))
 
 
 def gain(result: TrialResult) -> Estimate | None:
@@ -141,7 +142,8 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
         prompt_se = math.hypot(config[index].prompt_se, baseline[index].prompt_se)
         diff = Estimate(value=statistics.fmean(diffs), se=_se(diffs, prompt_se))
     else:   # different seed counts: independent estimates
-        own = Estimate(value=statistics.fmean(mine), se=_se(mine, math.hypot(config[0].prompt_se, config[index].prompt_se)))
+        own = Estimate(value=statistics.fmean(mine),
+                       se=_se(mine, math.hypot(config[0].prompt_se, config[index].prompt_se)))
         diff = Estimate(value=own.value - base.value, se=math.hypot(own.se, base.se))
     ratio = diff.value / base.value
     se = math.hypot(diff.se, ratio * base.se) / base.value

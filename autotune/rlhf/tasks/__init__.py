@@ -29,7 +29,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Tasks scored on token ids: any vocabulary, no tokenizer.
-TOKEN_TASKS: dict[str, str] = {name: " ".join(cls.__doc__.split()) for name, cls in TOKEN_TASK_TYPES.items()}
+TOKEN_TASKS: dict[str, str] = {name: " ".join((cls.__doc__ or "").split()) for name, cls in TOKEN_TASK_TYPES.items()}
 # Tasks on decoded text: they need the policy's tokenizer (autotune.rlhf.tasks.similarity).
 TEXT_TASKS: dict[str, str] = {
     "similarity": "Cosine similarity of the decoded response to the closest target text (frozen all-MiniLM-L6-v2)",
