@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 2
 GPU_CHECK_OUT ?= runs/gpu_check
 GPU_CHECK_ARGS ?=
 
-.PHONY: install test test-fast demo bench gpu-check ui clean
+.PHONY: install test test-fast lint demo bench gpu-check ui clean
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+
+# ruff (style, imports, likely bugs) over the repository and mypy over autotune/, as pyproject.toml sets them.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: install
 	$(VENV)/bin/autotune search --model llama-tiny --space search_spaces/ci-tiny.yaml --trials 12 --study $(STUDY)

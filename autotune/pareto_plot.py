@@ -9,9 +9,10 @@ before its reward exists) sit in a grey row along the bottom edge, at their peak
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from autotune import files
 from autotune.result import TrialRecord
@@ -68,13 +69,13 @@ def front_numbers(points: Iterable[ParetoPoint]) -> set[int]:
     one of the two. Sweeping in memory order, a point is on the front when its reward beats every
     cheaper point's.
     """
-    feasible = sorted((p for p in points if p.feasible and p.reward is not None),
-                      key=lambda p: (p.peak_reserved_gb, -p.reward))
+    feasible = sorted(((p.peak_reserved_gb, p.reward, p.number) for p in points if p.feasible and p.reward is not None),
+                      key=lambda p: (p[0], -p[1]))
     front, best = set(), float("-inf")
-    for p in feasible:
-        if p.reward > best:
-            front.add(p.number)
-            best = p.reward
+    for _, reward, number in feasible:
+        if reward > best:
+            front.add(number)
+            best = reward
     return front
 
 

@@ -117,7 +117,8 @@ def combine_ranks(results: dict[int, TrialResult], world_size: int) -> TrialResu
     reports = tuple(results[r].memory if r in results else None for r in range(world_size))
     measured = [m for m in reports if m is not None]
     memory = max(measured, key=lambda m: m.peak_reserved_bytes) if measured else None
-    status, message, failed_phase = "ok", first.message, None
+    status: Status = "ok"
+    message, failed_phase = first.message, None
     failed = [r for r in sorted(results) if not results[r].ok]
     missing = [r for r in range(world_size) if r not in results]
     if failed:     # a rank that says why it failed explains more than one that was killed after it

@@ -14,8 +14,9 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -172,6 +173,19 @@ def unchecked() -> Iterator[None]:
         _CHECK_VALUES.reset(token)
 
 
+# What a record's `problems()` yields: (field name, message) pairs.
+Problems = Iterator[tuple[str, str]]
+
+
+def non_finite(record: object) -> Problems:
+    """Every float field of `record` that is NaN or infinite: a record's range checks would let NaN
+    through (every comparison with NaN is false), and an infinite size or rate is never meant."""
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            yield f.name, f"must be a finite number, got {value}"
+
+
 def validate(obj: Any) -> list[str]:
     """Every value problem in a dataclass tree, as 'key.path: message' strings."""
     problems: list[str] = []
@@ -307,7 +321,8 @@ def _convert_dataclass(cls: Any, value: Any, path: str, problems: list[str]) -> 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in value:
         if key not in fields:
-            problems.append(f"{_join(path, _cap(str(key), _SHOW_CHARS))}: unknown key (valid keys: {', '.join(fields)})")
+            where = _join(path, _cap(str(key), _SHOW_CHARS))
+            problems.append(f"{where}: unknown key (valid keys: {', '.join(fields)})")
     kwargs, bad, missing = {}, set(), False
     for name, f in fields.items():
         if name in value:

@@ -18,8 +18,9 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from autotune import owner
 from autotune.config import MemoryConfig, PartitionSpec, TrialConfig, flatten
@@ -91,7 +92,7 @@ def knob_labels(config: TrialConfig) -> list[str]:
         labels.append("ckpt" if actor and critic else "ckpt-actor" if actor else "ckpt-critic")
     for key, value in changed.items():
         if key == "empty_cache_after":
-            labels.append("empty-cache:" + ",".join(str(phase) for phase in value))  # type: ignore[union-attr]
+            labels.append("empty-cache:" + ",".join(str(phase) for phase in value))  # type: ignore[attr-defined]
         elif key == "zero_stage":
             labels.append(f"zero{value}")
         elif value is True and key in _KNOB_LABELS:
@@ -142,7 +143,8 @@ def parent_description(*, study_name: str, recommendation: RecommendationLike | 
         parts = [summary_markdown(summary)]
     elif recommendation is not None:
         rec = recommendation.record
-        lines = [f"Recommended: trial #{rec.number} ({rec.advisor_reason or 'sampled'}), policy {recommendation.policy}"]
+        lines = [f"Recommended: trial #{rec.number} ({rec.advisor_reason or 'sampled'}), "
+                 f"policy {recommendation.policy}"]
         lines += [f"  {key.removesuffix('_source')} source: {value}" for key, value in source_fields(rec).items()
                   if key != "reward_key"]
         lines.append(f"  why: {recommendation.reason}")
@@ -178,7 +180,8 @@ def artifact_location(tracking_uri: str, study_name: str) -> str | None:
 def trial_metrics(record: TrialRecord) -> dict[str, float]:
     """Final metrics of one trial: whole-run and per-phase memory, reward, step time, objectives."""
     res = record.result
-    out: dict[str, float | None] = {"reward": res.reward, "reward_se": res.reward_se, "initial_reward": res.initial_reward,
+    out: dict[str, float | None] = {"reward": res.reward, "reward_se": res.reward_se,
+                                    "initial_reward": res.initial_reward,
                                     "step_time": res.step_time_s, "wall_time_s": res.wall_time_s}
     if res.memory is not None:
         mem = res.memory
@@ -307,9 +310,9 @@ class StudyTracker:
             for path in write_pareto_figures(records, tmp, recommended=number,
                                              title=f"{self.study_name}: reward against peak reserved memory"):
                 client.log_artifact(parent, str(path))
-        for path in (pareto_json, recommended_yaml):
-            if path is not None and Path(path).is_file():
-                client.log_artifact(parent, str(path))
+        for written in (pareto_json, recommended_yaml):
+            if written is not None and Path(written).is_file():
+                client.log_artifact(parent, str(written))
         if recommendation is not None:
             self._tag_recommended(parent, recommendation)
         client.set_tag(parent, TAG_NOTE, parent_description(
@@ -361,7 +364,8 @@ class StudyTracker:
                     self._log_trial(parent, record, trial_dir)
             self.close()
         except _tracking_errors() as exc:
-            raise TrackingError(f"cannot sync study {self.study_name!r} to MLflow at {self.tracking_uri}: {exc}") from exc
+            raise TrackingError(f"cannot sync study {self.study_name!r} to MLflow at {self.tracking_uri}: "
+                                f"{exc}") from exc
         logger.info("synced %d of %d trials of %s to %s", len(missing), len(records), self.study_name,
                     self.tracking_uri)
         return len(missing)
@@ -419,7 +423,8 @@ class StudyTracker:
         client = self._connect()
         literal = _quote(self.study_name)
         where = f"tags.`{TAG_STUDY}` = {literal} AND {condition}" if literal is not None else condition
-        runs, token = [], None
+        runs: list[Any] = []
+        token = None
         while True:
             page = client.search_runs([self.experiment_id], where, max_results=limit or 1000,
                                       order_by=order_by, page_token=token)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from benchmarks import frugal_pretrain, rlhf_fragmentation, search_quality
 

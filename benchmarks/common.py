@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import platform
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +122,20 @@ def pyplot() -> Any:
     return plt
 
 
-def gib(value: float | None) -> str:
-    return "-" if value is None else f"{value / GiB:.2f}"
+# The table formatters of every benchmark and of the GPU check's summary; None prints as "-".
+def gib(value: float | None, digits: int = 2) -> str:
+    """Bytes as GiB."""
+    return "-" if value is None else f"{value / GiB:.{digits}f}"
 
 
-def mib(value: float | None) -> str:
-    return "-" if value is None else f"{value / MiB:.2f}"
+def mib(value: float | None, digits: int = 2) -> str:
+    """Bytes as MiB."""
+    return "-" if value is None else f"{value / MiB:.{digits}f}"
 
 
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def pct(value: float | None, digits: int = 1, *, signed: bool = False) -> str:
+    """A fraction as a percentage; `signed` writes the + of a positive change."""
+    return "-" if value is None else f"{value:{'+' if signed else ''}.{digits}%}"
 
 
 def num(value: float | None, digits: int = 3) -> str:

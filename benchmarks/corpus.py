@@ -6,8 +6,8 @@ every machine with the same Python version.
 from __future__ import annotations
 
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -25,14 +25,23 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from benchmarks.common import (
-    TAG_HELP, THREADS_HELP, Column, OutputDirs, mib, num, output_name, print_table, pyplot,
+    TAG_HELP,
+    THREADS_HELP,
+    Column,
+    OutputDirs,
+    mib,
+    num,
+    output_name,
+    print_table,
+    pyplot,
     write_results,
 )
 from benchmarks.corpus import batches, stdlib_corpus

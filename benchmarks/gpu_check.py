@@ -39,7 +39,7 @@ the allocator reads `PYTORCH_ALLOC_CONF` once, when CUDA starts, and must start 
 `--device cpu --dry-run` runs all of it on the CPU at tiny sizes through the simulated probe, and
 writes the same JSON; CI tests it. Its trace comparison is the simulator against itself (there is
 no real allocator on a CPU), so it checks the plumbing, not the simulator.
-"""
+"""  # noqa: E501 - the device command above is one line, to be copied as it stands
 from __future__ import annotations
 
 import argparse
@@ -51,9 +51,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError
@@ -254,7 +255,8 @@ def _read_child(out_path: Path, returncode: int | None, stderr: str) -> dict[str
     try:
         return json.loads(out_path.read_text())
     except (OSError, ValueError):
-        return {"status": "error", "message": f"the subprocess wrote no result (exit code {returncode}): {_tail(stderr)}"}
+        return {"status": "error",
+                "message": f"the subprocess wrote no result (exit code {returncode}): {_tail(stderr)}"}
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -306,8 +308,8 @@ def check_env() -> int:
           f"transformers {transformers.__version__}, CUDA available: {torch.cuda.is_available()}")
     print("optional libraries present: " + (", ".join(m for m in OPTIONAL_LIBS if importlib.util.find_spec(m))
                                            or "none"))
-    import benchmarks.gpu_check_child  # noqa: F401 - these must import here, from source
     import autotune.rlhf.trial  # noqa: F401
+    import benchmarks.gpu_check_child  # noqa: F401 - these must import here, from source
 
     print("autotune imports from source: ok")
     return 0

@@ -22,8 +22,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # The history ring buffer must hold the whole recording: a dropped event would break the replay.
 MAX_HISTORY_EVENTS = 3_000_000

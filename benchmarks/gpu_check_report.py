@@ -8,8 +8,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from benchmarks.common import MiB, gib, mib, num, pct
 
 PLAN_TARGET = 0.02                # the plan's peak reserved within 2% of the real one
 # Zhou et al. 2024: empty_cache after generation cut memory by about 25% for about 2% more time.
@@ -19,7 +22,6 @@ PAPER_EMPTY_CACHE_TIME_CHANGE = 0.02
 MAX_FILES, MAX_FILE_BYTES = 8, 16 << 20
 FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 JSON_NAME, SUMMARY_NAME = "gpu_check.json", "summary.txt"
-GiB, MiB = float(1 << 30), float(1 << 20)
 
 
 def rel_error(predicted: float | None, real: float | None) -> float | None:
@@ -43,7 +45,8 @@ def plan_vs_real(name: str, plan: dict[str, Any] | None, real_phases: Sequence[d
     overall = rel_error(plan_memory.get("peak_reserved_bytes"), real_peak_bytes)
     errors = [p["rel_error"] for p in phases] + [overall]
     return {"name": name, "status": (plan or {}).get("status", "missing"), "phases": phases,
-            "real_peak_reserved_bytes": real_peak_bytes, "plan_peak_reserved_bytes": plan_memory.get("peak_reserved_bytes"),
+            "real_peak_reserved_bytes": real_peak_bytes,
+            "plan_peak_reserved_bytes": plan_memory.get("peak_reserved_bytes"),
             "rel_error": overall,
             "within_target": bool(phases) and all(e is not None and abs(e) <= PLAN_TARGET for e in errors)}
 
@@ -204,12 +207,12 @@ def summary(doc: dict[str, Any]) -> str:
                      "time/base", "plan GiB", "plan err", "outside MiB"],
                     [_paper_cells(r) for r in doc["paper"]["rows"]])
     for claim in doc["paper"]["claims"]:
-        lines.append(f"   {claim['claim']}: paper {_pct(claim['paper'])}, measured {_pct(claim['measured'])}, "
-                     f"plan {_pct(claim['plan'])}")
+        lines.append(f"   {claim['claim']}: paper {pct(claim['paper'], signed=True)}, "
+                     f"measured {pct(claim['measured'], signed=True)}, plan {pct(claim['plan'], signed=True)}")
     lines += _block("4. memory outside PyTorch's allocator (cudaMemGetInfo used - torch reserved)",
                     ["stage", "device used MiB", "torch reserved MiB", "outside MiB"],
-                    [[s.get("name", s.get("stage")), _mib(s.get("device_used_bytes")),
-                      _mib(s.get("torch_reserved_bytes")), _mib(s.get("outside_allocator_bytes"))]
+                    [[s.get("name", s.get("stage")), mib(s.get("device_used_bytes"), 1),
+                      mib(s.get("torch_reserved_bytes"), 1), mib(s.get("outside_allocator_bytes"), 1)]
                      for s in [*doc["context"]["stages"], *doc["context"]["after_trials"]]])
     return "\n".join(lines)
 
@@ -217,42 +220,30 @@ def summary(doc: dict[str, Any]) -> str:
 def _trace_cells(r: dict[str, Any]) -> list[str]:
     whole, mid = r.get("whole") or {}, (r.get("midrun") or {}).get("seeded") or {}
     exact = lambda c: "-" if not c else f"{c['matching_events']}/{c['compared_events']}"  # noqa: E731
-    return [r["name"], str(r["status"]), str(r.get("events", "-")), exact(whole), _mib(whole.get("max_abs_diff_bytes")),
-            _gib(whole.get("real_peak_reserved_bytes")), _gib(whole.get("sim_peak_reserved_bytes")),
-            _gib(r.get("probe_peak_reserved_bytes")), exact(mid), _mib(mid.get("max_abs_diff_bytes"))]
+    return [r["name"], str(r["status"]), str(r.get("events", "-")), exact(whole),
+            mib(whole.get("max_abs_diff_bytes"), 1),
+            gib(whole.get("real_peak_reserved_bytes"), 3), gib(whole.get("sim_peak_reserved_bytes"), 3),
+            gib(r.get("probe_peak_reserved_bytes"), 3), exact(mid), mib(mid.get("max_abs_diff_bytes"), 1)]
 
 
 def _plan_cells(r: dict[str, Any]) -> list[str]:
     errors = {p["phase"]: p["rel_error"] for p in r["phases"]}
     phases = ("generation", "experience", "actor_train", "critic_train")
-    return [r["name"], *(_pct(errors.get(p)) for p in phases), _pct(r["rel_error"]), "yes" if r["within_target"] else "no"]
+    return [r["name"], *(pct(errors.get(p), signed=True) for p in phases), pct(r["rel_error"], signed=True),
+            "yes" if r["within_target"] else "no"]
 
 
 def _paper_cells(r: dict[str, Any]) -> list[str]:
     frag = "-" if r["fragmentation"] is None else f"{r['fragmentation']:.1%}"
     step = "-" if r["step_time_s"] is None else f"{r['step_time_s']:.2f}"
-    return [r["name"], str(r["status"]), _gib(r["peak_reserved_bytes"]), _gib(r["peak_allocated_bytes"]), frag, step,
-            _num(r["reserved_vs_baseline"]), _num(r["step_time_vs_baseline"]), _gib(r["plan_peak_reserved_bytes"]),
-            _pct(r["plan_rel_error"]), _mib(r["outside_allocator_bytes"])]
+    return [r["name"], str(r["status"]), gib(r["peak_reserved_bytes"], 3), gib(r["peak_allocated_bytes"], 3), frag,
+            step, num(r["reserved_vs_baseline"]), num(r["step_time_vs_baseline"]),
+            gib(r["plan_peak_reserved_bytes"], 3), pct(r["plan_rel_error"], signed=True),
+            mib(r["outside_allocator_bytes"], 1)]
 
 
 def _block(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
     return ["", title, fmt(headers), *(fmt(r) for r in rows)] if rows else ["", title, "   (not run)"]
-
-
-def _gib(value: float | None) -> str:
-    return "-" if value is None else f"{value / GiB:.3f}"
-
-
-def _mib(value: float | None) -> str:
-    return "-" if value is None else f"{value / MiB:.1f}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.1%}"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -55,7 +55,8 @@ def build_model(small: bool) -> torch.nn.Module:
 
 def build_optimizers(model: torch.nn.Module, lr: float) -> dict[str, torch.optim.Optimizer]:
     """AdamW and FRUGAL at each density over the same parameters (values do not change step cost)."""
-    optimizers: dict[str, torch.optim.Optimizer] = {"AdamW (foreach)": torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)}
+    optimizers: dict[str, torch.optim.Optimizer] = {
+        "AdamW (foreach)": torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)}
     for density in DENSITIES:
         groups = partition(model, PartitionSpec(density=density))
         optimizers[f"FRUGAL rho={density:g}"] = FRUGAL(groups, lr=lr, density=density)
@@ -137,9 +138,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     console = Console(width=132)
     rows, n_params = measure(args)
-    title = f"FRUGAL vs AdamW: Llama {n_params / 1e6:.1f}M params, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    title = (f"FRUGAL vs AdamW: Llama {n_params / 1e6:.1f}M params, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}")
     console.print(render(rows, title))
-    console.print("Targets: step/AdamW <= 1.0 at rho=0.25 and <= 1.1 at rho=1; eligible state/AdamW <= 0.30 at rho=0.25.")
+    console.print("Targets: step/AdamW <= 1.0 at rho=0.25 and <= 1.1 at rho=1; "
+                  "eligible state/AdamW <= 0.30 at rho=0.25.")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from autotune.config import TrialConfig
 from autotune.memory.report import GiB, MemoryReport, PhaseMemory
@@ -132,7 +132,8 @@ def _record(number: int, key: str, outcome: RewardOutcome, peak_gb: float) -> Tr
                         end_allocated_bytes=0, end_reserved_bytes=0, wall_time_s=0.0)
     memory = MemoryReport(backend="fake", phases=(phase,), peak_allocated_bytes=reserved, peak_reserved_bytes=reserved)
     result = TrialResult(config_hash=key, status="ok", backend="fake", memory=memory, reward=outcome.reward,
-                         reward_se=outcome.reward_se, initial_reward=outcome.initial_reward, reward_points=outcome.points)
+                         reward_se=outcome.reward_se, initial_reward=outcome.initial_reward,
+                         reward_points=outcome.points)
     return TrialRecord(number=number, config=TrialConfig(), result=result, feasible=True,
                        advisor_reason="baseline" if key == "adamw" else None,
                        objectives={"reward": outcome.reward or 0.0, "peak_reserved_gb": peak_gb})
@@ -148,7 +149,8 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy_fidelity", description=__doc__.split("\n")[0])
-    parser.add_argument("--keys", type=int, default=5, help=f"how many keys, from the top of the list (max {len(KEYS)})")
+    parser.add_argument("--keys", type=int, default=5,
+                        help=f"how many keys, from the top of the list (max {len(KEYS)})")
     parser.add_argument("--proxy-steps", type=int, default=64)
     parser.add_argument("--real-steps", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=2)
@@ -201,7 +203,8 @@ def _print(report: dict, keys: list[str]) -> None:
     print(f"real ({REAL}, {report['real_steps']} steps): {report['real']['learning']}")
     print(f"Kendall tau {report['kendall_tau']:.2f}; min-memory pick: proxy {report['proxy']['pick']}, "
           f"real {report['real']['pick']} ({'same' if report['same_pick'] else 'different'}); "
-          f"reward-run CPU time: proxy {report['proxy']['cpu_s'] / 60:.1f} min, real {report['real']['cpu_s'] / 60:.1f} min")
+          f"reward-run CPU time: proxy {report['proxy']['cpu_s'] / 60:.1f} min, "
+          f"real {report['real']['cpu_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

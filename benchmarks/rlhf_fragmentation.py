@@ -22,14 +22,24 @@ import dataclasses
 import logging
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from autotune.config import PHASES, TrialConfig
 from benchmarks.common import (
-    TAG_HELP, THREADS_HELP, Column, OutputDirs, gib, num, output_name, pct, print_table, pyplot,
+    TAG_HELP,
+    THREADS_HELP,
+    Column,
+    OutputDirs,
+    gib,
+    num,
+    output_name,
+    pct,
+    print_table,
+    pyplot,
     write_results,
 )
 
@@ -284,7 +294,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rlhf_fragmentation", description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="DeepSpeed-Chat's lengths (256 + 256 tokens, 16 sequences)")
     parser.add_argument("--paper-setting", action="store_true",
-                        help="the paper's setting: OPT pairing, rank 0 of 4, ZeRO-2 baseline, 256 + 256 tokens, 24 GiB devices")
+                        help="the paper's setting: OPT pairing, rank 0 of 4, ZeRO-2 baseline, 256 + 256 tokens, "
+                             "24 GiB devices")
     parser.add_argument("--pairing", action="append", choices=[p.name for p in PAIRINGS],
                         help="only these model pairings (repeatable); default: all")
     parser.add_argument("--intervention", action="append",

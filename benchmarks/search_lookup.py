@@ -16,9 +16,10 @@ import fcntl
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from autotune.config import TrialConfig
 
@@ -87,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from autotune.rlhf.reward_run import reward_key
 
-        entry = cached(args.cache, REWARDS, reward_key(cfg), lambda: reward_entry(cfg, args.proxy_for or cfg.model.actor))
+        entry = cached(args.cache, REWARDS, reward_key(cfg),
+                       lambda: reward_entry(cfg, args.proxy_for or cfg.model.actor))
     args.out.write_text(json.dumps(entry))
     return 0 if entry.get("status") == "ok" else 1
 

@@ -28,10 +28,11 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -143,7 +144,8 @@ def search_space(settings: QualitySettings) -> Any:
     from autotune.tuner.controller import with_budget
     from autotune.tuner.space import load_space
 
-    space = load_space(settings.space).rebase({"model.actor": settings.model, "device": "cpu", **dict(settings.workload)})
+    space = load_space(settings.space).rebase({"model.actor": settings.model, "device": "cpu",
+                                               **dict(settings.workload)})
     return with_budget(space, settings.budget_gb)
 
 
@@ -198,7 +200,8 @@ def measure_grid(configs: Sequence[TrialConfig], rewards: dict[str, TrialConfig]
     done = lookup.read_table(cache, lookup.REWARDS)
     import multiprocessing
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_single_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_single_thread) as pool:
         # reward runs first: they are the longest, and plans fill the other worker meanwhile
         jobs = [pool.submit(_reward_one, str(cache), key, cfg.to_dict(), model) for key, cfg in rewards.items()
                 if key not in done]
@@ -411,7 +414,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="override the study length (checkpoints scale with it)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the sampler seeds, e.g. --seeds 1 2")
     parser.add_argument("--workers", type=int, help="grid measurements side by side (default 2)")
-    parser.add_argument("--cache", type=Path, help="the grid's cache folder (default runs/bench/search_quality_cache/<model>)")
+    parser.add_argument("--cache", type=Path,
+                        help="the grid's cache folder (default runs/bench/search_quality_cache/<model>)")
     parser.add_argument("--tag", help=TAG_HELP)
     return parser.parse_args(argv)
 

@@ -102,7 +102,8 @@ def test_an_unwritable_export_out_writes_nothing(tmp_path: Path, capsys: pytest.
     assert (tmp_path / "blocker").read_text() == "a file, not a folder\n"
 
 
-def test_an_unwritable_trial_out_fails_before_the_trial_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unwritable_trial_out_fails_before_the_trial_runs(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from autotune.config import TrialConfig
 
     TrialConfig().dump(tmp_path / "trial.yaml")

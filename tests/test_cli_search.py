@@ -31,8 +31,10 @@ def test_search_then_pareto(tmp_path: Path) -> None:
     assert table.returncode == 0, table.stderr
     chosen = json.loads((tmp_path / "runs" / "cli" / "pareto.json").read_text())["recommended"]
     assert "Pareto front" in table.stdout and f"*{chosen} " in table.stdout
-    chosen_record = next(r for r in load_records("cli", f"sqlite:///{tmp_path}/runs/cli/optuna.db") if r.number == chosen)
-    assert chosen_record.feasible and chosen_record.config == TrialConfig.load(tmp_path / "runs" / "cli" / "recommended.yaml")
+    records = load_records("cli", f"sqlite:///{tmp_path}/runs/cli/optuna.db")
+    chosen_record = next(r for r in records if r.number == chosen)
+    assert chosen_record.feasible
+    assert chosen_record.config == TrialConfig.load(tmp_path / "runs" / "cli" / "recommended.yaml")
 
 
 def test_bad_space_and_missing_study_are_one_line_errors(tmp_path: Path) -> None:
@@ -64,7 +66,7 @@ def test_the_output_says_where_each_objective_came_from(tmp_path: Path) -> None:
     done = _run(search_cmd("src", 3), tmp_path)
     assert done.returncode == 0, done.stderr
     label = "memory: llama-tiny, measured on the CPU (traced, simulator), 4 iterations"
-    assert f"trial 0 " in done.stdout and label in done.stdout                     # progress lines
+    assert "trial 0 " in done.stdout and label in done.stdout                     # progress lines
     assert "sources         " + label in done.stdout                                 # summary
     recommended = (tmp_path / "runs" / "src" / "recommended.yaml").read_text()
     assert recommended.startswith("# autotune recommendation: trial #")

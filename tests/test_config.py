@@ -15,7 +15,8 @@ def test_default_config_round_trips_through_yaml(tmp_path):
 
 def test_every_problem_is_reported_with_its_key_path(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("memory:\n  zero_stage: 4\n  bogus: 1\nworkload:\n  steps: many\noptimizer:\n  partition:\n    density: 1.5\n")
+    path.write_text("memory:\n  zero_stage: 4\n  bogus: 1\nworkload:\n  steps: many\n"
+                    "optimizer:\n  partition:\n    density: 1.5\n")
     with pytest.raises(ConfigError) as err:
         TrialConfig.load(path)
     text = str(err.value)
@@ -62,7 +63,8 @@ def test_flatten_uses_dotted_keys():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("expandable_segments:True,max_split_size_mb:128", AllocatorConfig(expandable_segments=True, max_split_size_mb=128)),
+        ("expandable_segments:True,max_split_size_mb:128",
+         AllocatorConfig(expandable_segments=True, max_split_size_mb=128)),
         ("garbage_collection_threshold:0.6, roundup_power2_divisions:4",
          AllocatorConfig(garbage_collection_threshold=0.6, roundup_power2_divisions=4)),
         ("", AllocatorConfig()),

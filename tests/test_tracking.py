@@ -31,7 +31,6 @@ from autotune.tracking import (
     ui_argv,
 )
 from autotune.tuner.recommend import Recommendation, summary
-
 from tests.export.study_factory import tiny_study
 
 mlflow = pytest.importorskip("mlflow")
@@ -254,7 +253,7 @@ def test_sync_against_a_dead_server_raises_tracking_error(fast_http_failures: No
 
 
 def test_ui_binds_loopback_and_refuses_a_server_or_missing_store(tracking_uri: str, tmp_path: Path) -> None:
-    StudyTracker("study-ui", "sqlite:///optuna.db", tracking_uri).experiment_id   # the store exists now
+    StudyTracker("study-ui", "sqlite:///optuna.db", tracking_uri).experiment_id  # noqa: B018 - the store exists now
     argv = ui_argv(tracking_uri, port=5123)
     assert argv[1:4] == ["-m", "mlflow", "ui"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5123"
@@ -345,7 +344,8 @@ def test_without_a_summary_the_description_still_says_what_won_and_why(tracking_
 
 
 def test_summary_markdown_lists_each_figure() -> None:
-    text = "Recommended: trial #3 (sampled), policy min-memory\n  reward          0.5 (baseline 0.4)\n  why: lowest peak"
+    text = ("Recommended: trial #3 (sampled), policy min-memory\n  reward          0.5 (baseline 0.4)\n"
+            "  why: lowest peak")
     assert summary_markdown(text) == ("### Recommended: trial #3 (sampled), policy min-memory\n\n"
                                       "- **reward**: 0.5 (baseline 0.4)\n- **why**: lowest peak")
 
@@ -374,7 +374,8 @@ def test_child_run_names_carry_the_knobs(logged_search: LoggedSearch) -> None:
         "memory.offload_reference": True})
     assert run_name(dataclasses.replace(records[0], number=9, config=config)) == "#9 frugal0.25+critic ckpt offload-ref"
     config = TrialConfig().replace(**{
-        "optimizer.critic": "frugal", "optimizer.partition.placement": "top", "memory.actor_gradient_checkpointing": True,
+        "optimizer.critic": "frugal", "optimizer.partition.placement": "top",
+        "memory.actor_gradient_checkpointing": True,
         "memory.empty_cache_after": ("generation", "actor_train"), "memory.allocator.max_split_size_mb": 64})
     assert run_name(dataclasses.replace(records[0], number=2, config=config)) == (
         "#2 adamw critic-frugal0.25-top ckpt-actor empty-cache:generation,actor_train max_split_size_mb=64")

@@ -35,7 +35,8 @@ def cli(verbose: int, debug: bool) -> None:
     global _debug
     _debug = _debug or debug
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
 
 
 def _register() -> None:

@@ -82,6 +82,8 @@ def export(study: str | None, storage: str | None, config_path: Path | None, gpu
         cfg = _load_config(config_path)
         if cfg is None:
             raise ConfigError("empty config file: it holds no TrialConfig to export", source=str(config_path))
+    elif study is None:   # not reached: the check above wants exactly one of --study and --config
+        raise click.UsageError("give exactly one of --study or --config")
     elif gpu_gb is not None:
         cfg = _gpu_config(study, storage, gpu_gb)
     else:

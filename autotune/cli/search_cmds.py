@@ -77,7 +77,8 @@ def _quiet_optuna() -> None:
               help="Without GPUs, plan every trial's memory at full size even where this host could run the model.")
 @click.option("--study", default=None, help="Study name; default: the model name.")
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
 @click.option("--gpus", default=None, help="GPU indices for parallel trials, e.g. 0,1,2,3; default: the CPU.")
 @click.option("--gpus-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
               help="GPUs (DeepSpeed ranks, started by torchrun) per trial; --gpus splits into groups of this size.")
@@ -96,7 +97,8 @@ def _quiet_optuna() -> None:
               help="fastest, min-memory: the share of the reference's reward gain (over the untrained policy) a "
               "config must keep, at the lower bound of its estimate (kept - 2 standard errors).")
 @click.option("--reward-reference", type=click.Choice(REFERENCES), default="baseline", show_default=True,
-              help="fastest, min-memory: measure --min-reward-ratio against the baseline's reward gain or the best one's.")
+              help="fastest, min-memory: measure --min-reward-ratio against the baseline's reward gain "
+                   "or the best one's.")
 @click.option("--prescreen/--no-prescreen", default=True, show_default=True,
               help="Predict each GPU trial's peak with `autotune plan` and skip configs over the budget.")
 @click.option("--advisor/--no-advisor", default=True, show_default=True, help="Queue targeted follow-up configs.")
@@ -128,7 +130,6 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     from autotune.tuner.launcher import PLAN_COMMAND, REWARD_COMMAND, TRIAL_COMMAND, Launcher
     from autotune.tuner.progress import SearchProgress
     from autotune.tuner.space import load_space
-
     from autotune.tuner.study import study_dir
 
     _terminate_as_interrupt()

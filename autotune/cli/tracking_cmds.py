@@ -12,7 +12,8 @@ import click
 @click.command()
 @click.option("--study", required=True, help="Study name.")
 @click.option("--storage", default=None, help="Optuna storage URL; default sqlite:///runs/<study>/optuna.db.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or runs/mlflow.db.")
 def sync(study: str, storage: str | None, tracking_uri: str | None) -> None:
     """Log the study's trials that MLflow is missing (after an outage); never logs one twice."""
     from autotune.tracking import StudyTracker, TrackingError

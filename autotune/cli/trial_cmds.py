@@ -5,8 +5,9 @@ is a second signal: 0 ok, 3 out of memory, 1 error.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -28,7 +29,7 @@ class TrialExit(click.ClickException):
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click types it a ClassVar, but reads the instance's
 
     def show(self, file: object = None) -> None:
         click.secho(f"error: {self.message}", fg="red", err=True)
@@ -51,7 +52,7 @@ def trial(config_path: Path, out: Path, timeline: Path | None) -> None:
     if timeline is not None:
         writable_file(timeline, "--timeline")
     # Before torch is imported: the CUDA caching allocator reads its settings once, at start-up.
-    from autotune.rlhf.trial import apply_allocator_env, rank, run_trial, write_trial_outputs
+    from autotune.rlhf.trial import apply_allocator_env, rank, run_trial
 
     apply_allocator_env(cfg)
     timeline = timeline if rank() == 0 else None     # one figure per trial: rank 0's

@@ -5,7 +5,7 @@ every setting the target cannot express. `export_config` picks one by its format
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError

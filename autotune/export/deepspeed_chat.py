@@ -7,7 +7,7 @@ every exported flag set to that table.
 from __future__ import annotations
 
 from autotune.config import TrialConfig
-from autotune.export.features import partition_files, unexpressed
+from autotune.export.features import args_file_export
 from autotune.export.output import ExportOutput
 
 ARGS_FILE = "deepspeed_chat.args"
@@ -100,9 +100,7 @@ def _warnings(cfg: TrialConfig) -> list[str]:
 def to_deepspeed_chat(cfg: TrialConfig) -> ExportOutput:
     """deepspeed_chat.args, one flag per line. DeepSpeed-Chat builds its own Adam, so FRUGAL is a warning."""
     header = "# DeepSpeed-Chat step-3 flags from autotune; append to your main.py command line\n"
-    files = {ARGS_FILE: header + "\n".join(deepspeed_chat_flags(cfg)) + "\n"}
-    files.update(partition_files(cfg))
     expressed = {"zero_stage", "offload_optimizer", "actor_gradient_checkpointing",
                  "critic_gradient_checkpointing", "offload_reference", "offload_reward", "empty_cache_after"}
-    warnings = _warnings(cfg) + unexpressed(cfg, "DeepSpeed-Chat", expressed)
-    return ExportOutput(files=files, warnings=tuple(warnings))
+    return args_file_export(cfg, file=ARGS_FILE, header=header, flags=deepspeed_chat_flags(cfg), stack="DeepSpeed-Chat",
+                            expressed=expressed, warnings=_warnings(cfg))

@@ -6,13 +6,14 @@ exporter until each one learns it: nothing is dropped silently.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import yaml
 
 from autotune import schema
 from autotune.config import TrialConfig
+from autotune.export.output import ExportOutput
 
 PARTITION_FILE = "frugal_partition.yaml"
 
@@ -61,7 +62,8 @@ FEATURES: tuple[Feature, ...] = (
             hint="call torch.cuda.set_per_process_memory_fraction() at start-up (see --format env)"),
     Feature(name="frugal", is_on=lambda c: bool(frugal_models(c)),
             describe=lambda c: f"FRUGAL optimizer for the {' and '.join(frugal_models(c))}",
-            hint=f"build it with autotune.optim.partition from {PARTITION_FILE} (docs/EXPORT_TARGETS.md, Rebuilding FRUGAL)"),
+            hint=f"build it with autotune.optim.partition from {PARTITION_FILE} "
+                 "(docs/EXPORT_TARGETS.md, Rebuilding FRUGAL)"),
 )
 FEATURE_NAMES = frozenset(f.name for f in FEATURES)
 
@@ -98,6 +100,24 @@ def partition_files(cfg: TrialConfig) -> dict[str, str]:
               "# Rebuild: autotune.optim.partition(model, schema.load_yaml(PartitionSpec, this_file))\n")
     body = yaml.safe_dump(schema.to_dict(cfg.optimizer.partition), sort_keys=False)
     return {PARTITION_FILE: header + body}
+
+
+def args_file_export(cfg: TrialConfig, *, file: str, header: str, flags: list[str], stack: str,
+                     expressed: set[str], warnings: list[str]) -> ExportOutput:
+    """An export for a stack configured by command-line flags (DeepSpeed-Chat, OpenRLHF).
+
+    Args:
+        cfg: the trial's config.
+        file: the argument file's name; it holds `header` (a comment line) and then one flag a line.
+        header: the file's first line, with its `#` and newline.
+        flags: the flags, each with its value.
+        stack: the stack's name in the warnings.
+        expressed: the features (`FEATURES` names) the flags carry.
+        warnings: the exporter's own warnings; one for each feature not expressed follows them.
+    """
+    files = {file: header + "\n".join(flags) + "\n"}
+    files.update(partition_files(cfg))
+    return ExportOutput(files=files, warnings=tuple(warnings + unexpressed(cfg, stack, expressed)))
 
 
 def fsdp_rotation_warnings(cfg: TrialConfig) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError
-from autotune.export.features import partition_files, unexpressed
+from autotune.export.features import args_file_export
 from autotune.export.output import ExportOutput
 
 ARGS_FILE = "openrlhf.args"
@@ -101,9 +101,7 @@ def to_openrlhf(cfg: TrialConfig, gpus: int | None = None) -> ExportOutput:
     n = export_gpus(cfg, gpus)
     header = (f"# OpenRLHF 0.11 flags from autotune for {n} GPU(s) per model; append to your train_ppo_ray "
               "command line\n")
-    files = {ARGS_FILE: header + "\n".join(openrlhf_flags(cfg, n)) + "\n"}
-    files.update(partition_files(cfg))
     expressed = {"zero_stage", "offload_optimizer", "actor_gradient_checkpointing", "critic_gradient_checkpointing",
                  "offload_reference", "offload_reward"}
-    warnings = _warnings(cfg, gpus) + unexpressed(cfg, "OpenRLHF 0.11", expressed)
-    return ExportOutput(files=files, warnings=tuple(warnings))
+    return args_file_export(cfg, file=ARGS_FILE, header=header, flags=openrlhf_flags(cfg, n), stack="OpenRLHF 0.11",
+                            expressed=expressed, warnings=_warnings(cfg, gpus))

@@ -88,7 +88,8 @@ def _warnings(cfg: TrialConfig) -> list[str]:
                    "verl's optimizer_offload is not an equivalent (it moves the state back to the GPU for each update)")
     if not m.offload_reference:
         out.append("memory.offload_reference=false: verl always keeps the reference model's parameters on the CPU "
-                   "(FSDP1 CPUOffload / FSDP2 CPUOffloadPolicy for forward-only models); the trial kept it on the device")
+                   "(FSDP1 CPUOffload / FSDP2 CPUOffloadPolicy for forward-only models); "
+                   "the trial kept it on the device")
     if m.offload_reward:
         out.append("memory.offload_reward=true: verl 0.9 serves a reward model through a rollout engine "
                    "(reward.reward_model.rollout.*) with no FSDP param_offload; size it with "

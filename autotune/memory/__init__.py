@@ -14,7 +14,7 @@ _LAZY = {
     "CachingAllocatorSim": "autotune.memory.allocator",
     "SimulatedOutOfMemoryError": "autotune.memory.allocator",
     "MemoryProbe": "autotune.memory.probe",
-    "make_probe": "autotune.memory.probe",
+    "make_probe": "autotune.memory.probes",
     "StorageTracer": "autotune.memory.tracer",
     "Trace": "autotune.memory.trace",
     "replay_trace": "autotune.memory.replay",

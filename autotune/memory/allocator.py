@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+from typing import Any
 
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError, TrialOOM
@@ -220,7 +221,7 @@ class CachingAllocatorSim(ExpandableSegments):
         for pool in (self._small, self._large):
             blocks.extend(pool.by_addr.values())
             blocks.extend(pool.unmapped.values())
-        segments = []
+        segments: list[dict[str, Any]] = []
         for head in sorted((b for b in blocks if b.prev is None), key=lambda b: b.addr):
             chain, block = [], head
             while block is not None:

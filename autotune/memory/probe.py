@@ -1,6 +1,6 @@
 """Phase probes: per-phase peak memory, fragmentation and wall time, on a GPU or simulated.
 
-One interface, three backends::
+One interface, three backends (`autotune.memory.probes.make_probe` picks one)::
 
     probe = make_probe("fake", allocator=AllocatorConfig(), capacity_bytes=24 << 30)
     with probe:
@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError, TrialOOM
 from autotune.memory.report import Backend, MemoryReport, PhaseMemory
 
-__all__ = ["Counters", "MemoryProbe", "make_probe"]
+__all__ = ["Counters", "MemoryProbe"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +144,7 @@ class MemoryProbe(ABC):
     @abstractmethod
     def _reset_peaks(self) -> None: ...
 
-    def _phase_started(self, name: str) -> None:
+    def _phase_started(self, name: str) -> None:  # noqa: B027 - an optional hook, not abstract
         """Hook: the current phase label changed ("" between phases)."""
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -177,29 +176,3 @@ def _is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError)
-
-
-def make_probe(backend: Backend, allocator: AllocatorConfig | None = None,
-               capacity_bytes: int | None = None) -> MemoryProbe:
-    """The probe for a measurement backend.
-
-    Args:
-        backend: "cuda" (real allocator), "cpu" (real tensors, simulated allocator) or "fake"
-            (FakeTensorMode, simulated allocator; the probe may be entered inside or outside it).
-        allocator: allocator settings for the simulator. On cuda they must already be in
-            `PYTORCH_CUDA_ALLOC_CONF` before CUDA starts; the probe only checks and warns.
-        capacity_bytes: simulated device capacity (cpu/fake); None means unlimited.
-
-    Raises:
-        ConfigError: an unknown backend.
-    """
-    allocator = allocator or AllocatorConfig()
-    if backend == "cuda":
-        from autotune.memory.cuda_probe import CudaProbe
-
-        return CudaProbe(allocator)
-    if backend in ("cpu", "fake"):
-        from autotune.memory.sim_probe import SimulatedProbe
-
-        return SimulatedProbe(backend, allocator, capacity_bytes)
-    raise ConfigError(f"unknown memory backend {backend!r} (use cuda, cpu or fake)")

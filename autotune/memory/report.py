@@ -20,8 +20,23 @@ def fragmentation(peak_allocated_bytes: int, peak_reserved_bytes: int) -> float:
     return max(0.0, 1.0 - peak_allocated_bytes / peak_reserved_bytes)
 
 
+class _Peaks:
+    """The figures a phase and a whole run both derive from their two peaks."""
+
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+
+    @property
+    def fragmentation(self) -> float:
+        return fragmentation(self.peak_allocated_bytes, self.peak_reserved_bytes)
+
+    @property
+    def peak_reserved_gb(self) -> float:
+        return self.peak_reserved_bytes / GiB
+
+
 @dataclass(frozen=True, kw_only=True)
-class PhaseMemory:
+class PhaseMemory(_Peaks):
     """One phase's figures; peaks are reset at the phase's start.
 
     `peak_allocated_bytes` mirrors `allocated_bytes.all.peak` and `peak_reserved_bytes` mirrors
@@ -35,17 +50,9 @@ class PhaseMemory:
     end_reserved_bytes: int
     wall_time_s: float
 
-    @property
-    def fragmentation(self) -> float:
-        return fragmentation(self.peak_allocated_bytes, self.peak_reserved_bytes)
-
-    @property
-    def peak_reserved_gb(self) -> float:
-        return self.peak_reserved_bytes / GiB
-
 
 @dataclass(frozen=True, kw_only=True)
-class MemoryReport:
+class MemoryReport(_Peaks):
     """Per-phase and whole-run memory of one trial. Phases appear in the order they ran (repeats merged)."""
 
     backend: Backend
@@ -54,14 +61,6 @@ class MemoryReport:
     peak_reserved_bytes: int
     num_alloc_retries: int = 0
     num_ooms: int = 0
-
-    @property
-    def fragmentation(self) -> float:
-        return fragmentation(self.peak_allocated_bytes, self.peak_reserved_bytes)
-
-    @property
-    def peak_reserved_gb(self) -> float:
-        return self.peak_reserved_bytes / GiB
 
     @property
     def peak_allocated_gb(self) -> float:

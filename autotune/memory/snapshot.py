@@ -93,7 +93,8 @@ def initial_state(snapshot: Mapping[str, Any], events: list[dict], device: int,
     the request rounded as the allocator rounds it), or when it is live at the end and the trace
     never allocated it (its size is known exactly). Expandable segments are left out.
     """
-    final = [s for s in snapshot.get("segments", []) if s.get("device", device) == device and not s.get("is_expandable")]
+    final = [s for s in snapshot.get("segments", [])
+             if s.get("device", device) == device and not s.get("is_expandable")]
     segments = {s["address"]: (s["total_size"], s["segment_type"] == "small", s.get("stream", 0)) for s in final}
     for event in reversed(events):
         if event["action"] == "segment_alloc":

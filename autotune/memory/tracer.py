@@ -5,8 +5,9 @@ alias annotation) and whose untyped storage is new is an allocation. `weakref.fi
 untyped storage reports its free. Storages are identified by their `StorageImpl` (`_cdata`), not
 by data_ptr, which is 0 for every fake tensor. Views and in-place results alias an input, so they
 never count twice. Storages on the meta device hold no memory (DeepSpeed's ZeRO-1/2 keeps a meta
-copy of every parameter), so they never count. It works on real tensors and under `FakeTensorMode`, entered before or after
-the fake mode: PyTorch keeps FakeTensorMode below user modes, so the tracer always sees fake outputs.
+copy of every parameter), so they never count. It works on real tensors and under `FakeTensorMode`,
+entered before or after the fake mode: PyTorch keeps FakeTensorMode below user modes, so the tracer
+always sees fake outputs.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
 
 def linear_weights(module: nn.Module) -> list[nn.Parameter]:
     """The weights of the Linear (and GPT-2 Conv1D) layers inside `module`, in module order."""
-    return [m.weight for m in module.modules() if isinstance(m, _linear_types())]
+    return [m.weight for m in module.modules() if isinstance(m, _linear_types())]  # type: ignore[attr-defined]
 
 
 def is_norm(module: nn.Module) -> bool:

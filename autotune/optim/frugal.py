@@ -17,7 +17,8 @@ when they were replaced, and `autotune.optim.partition.rotates` lets callers che
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,8 +56,8 @@ def _argument_problems(
         yield f"density must be in [0, 1], got {density}"
     if isinstance(update_gap, bool) or not isinstance(update_gap, int) or update_gap < 1:
         yield f"update_gap must be a positive integer, got {update_gap!r}"
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
+    for name, (choice, allowed) in choices.items():
+        if choice not in allowed:
             yield f"{name} must be one of {', '.join(allowed)}, got {value!r}"
 
 
@@ -104,7 +105,8 @@ class FRUGAL(torch.optim.Optimizer):
     ) -> None:
         problems = list(_argument_problems(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, density=density, update_gap=update_gap,
-            choices={"order": (order, ORDERS), "window": (window, WINDOWS), "state_free_rule": (state_free_rule, STATE_FREE_RULES),
+            choices={"order": (order, ORDERS), "window": (window, WINDOWS),
+                     "state_free_rule": (state_free_rule, STATE_FREE_RULES),
                      "mode": (mode, MODES)},
             state_free_lr_scale=state_free_lr_scale,
         ))
@@ -145,7 +147,8 @@ class FRUGAL(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group["state_free_rule"] not in STATE_FREE_RULES:
-            raise ConfigError(f"state_free_rule must be one of {', '.join(STATE_FREE_RULES)}, got {group['state_free_rule']!r}")
+            raise ConfigError(f"state_free_rule must be one of {', '.join(STATE_FREE_RULES)}, "
+                              f"got {group['state_free_rule']!r}")
         if not group["state_free_lr_scale"] >= 0:
             raise ConfigError(f"state_free_lr_scale must be non-negative, got {group['state_free_lr_scale']}")
 
@@ -198,7 +201,8 @@ class FRUGAL(torch.optim.Optimizer):
         logger.debug("FRUGAL step %d: active blocks %s", self._step, self._schedule.active())
 
     def _group_step(self, group: dict[str, Any], active_ids: set[int]) -> None:
-        full, free = [], []
+        full: list[torch.Tensor] = []
+        free: list[torch.Tensor] = []
         for p in group["params"]:
             if p.grad is None:
                 continue

@@ -13,7 +13,8 @@ every eligible weight into one `{"rotate": True}` group and leave the choice to 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,7 +92,9 @@ def partition(model: nn.Module, spec: PartitionSpec) -> list[dict[str, Any]]:
     chosen = set() if rotating else set(choose_layers(len(blocks), spec))
     eligible = {id(p): i for i, weights in enumerate(per_layer) for p in weights}
     flags = _non_eligible_statefull(model, spec)
-    rotate, full, free = [], [], []
+    rotate: list[nn.Parameter] = []
+    full: list[nn.Parameter] = []
+    free: list[nn.Parameter] = []
     for param in model.parameters():
         if id(param) in eligible:
             statefull = None if rotating else eligible[id(param)] in chosen

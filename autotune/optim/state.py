@@ -1,7 +1,8 @@
 """How much optimizer state an optimizer actually holds."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -267,7 +267,7 @@ def reward_config(cfg: TrialConfig, *, proxy: str | None) -> TrialConfig:
         spec = cfg.optimizer.partition
         if spec.layers is not None:
             mapped = map_partition(spec, n_from=_n_layers(cfg.model.actor), n_to=_n_layers(proxy))
-            data["optimizer"]["partition"]["layers"] = list(mapped.layers)
+            data["optimizer"]["partition"]["layers"] = list(mapped.layers)  # type: ignore[arg-type]  # a list maps to a list
     # canonical on the model that runs: a static density becomes the proxy's layers
     return TrialConfig.from_dict(_canonical(data), source="reward config")
 
@@ -322,7 +322,8 @@ def run_reward(cfg: TrialConfig, *, proxy_for: str | None = None, seeds: int = 1
     common: dict[str, Any] = {"key": reward_key(cfg, seeds=seeds), "model": cfg.model.actor,
                               "steps": cfg.workload.steps, "seeds": seeds,
                               "proxy": proxy_for is not None and proxy_for != cfg.model.actor}
-    configs = [cfg.replace(**{"workload.seed": cfg.workload.seed + offset}) if offset else cfg for offset in range(seeds)]
+    configs = [cfg.replace(**{"workload.seed": cfg.workload.seed + offset}) if offset else cfg
+               for offset in range(seeds)]
     results = []
     for run_cfg, (status, message, result) in zip(configs, _seed_runs(configs, jobs)):
         if status != "ok":

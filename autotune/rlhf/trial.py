@@ -12,13 +12,14 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from autotune import __version__
 from autotune.config import ALLOC_CONF_VARS, TrialConfig
 from autotune.errors import AutotuneError
-from autotune.result import RewardPoint, TrialResult
+from autotune.result import RewardPoint, Status, TrialResult
 
 if TYPE_CHECKING:
     from autotune.memory.probe import MemoryProbe
@@ -87,7 +88,7 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
         torch.set_num_threads(1)
 
     from autotune.memory.allocator import SimulatedOutOfMemoryError
-    from autotune.memory.probe import make_probe
+    from autotune.memory.probes import make_probe
     from autotune.rlhf.workload import RLHFWorkload
 
     start = time.perf_counter()
@@ -95,7 +96,8 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
     probe = workload = memory = None
     evaluations: tuple[Evaluation, Evaluation] | None = None
     midway: list[tuple[int, Evaluation]] = []
-    status, message, failed_phase = "ok", "", None
+    status: Status = "ok"
+    message, failed_phase = "", None
     try:
         if cfg.device == "cuda" and cfg.world_size > 1:
             from autotune.rlhf.workload import local_rank
@@ -114,7 +116,8 @@ def run_trial(cfg: TrialConfig, *, timeline: Path | None = None,
             evaluations = (workload.evaluate_initial(), workload.evaluate())
     except (torch.OutOfMemoryError, SimulatedOutOfMemoryError) as exc:
         status, message = "oom", _first_line(exc)
-        failed_phase = probe.failed_phase or workload.current_phase
+        failed_phase = (probe.failed_phase if probe is not None else None) or (
+            workload.current_phase if workload is not None else None)
         log.warning("out of memory in %s: %s", failed_phase, message)
     except AutotuneError as exc:   # a user-facing problem (a missing model, a bad combination): no traceback
         status, message = "error", str(exc)
@@ -160,7 +163,7 @@ def _points(initial: Evaluation | None, midway: list[tuple[int, Evaluation]], fi
 
 def _result(cfg: TrialConfig, workload: RLHFWorkload | None, memory: MemoryReport | None,
             evaluations: tuple[Evaluation, Evaluation] | None, *, midway: list[tuple[int, Evaluation]],
-            status: str, message: str, failed_phase: str | None, wall_time_s: float) -> TrialResult:
+            status: Status, message: str, failed_phase: str | None, wall_time_s: float) -> TrialResult:
     curve = tuple(getattr(workload, "reward_curve", ()))
     initial, final = evaluations or (None, None)
     times = list(getattr(workload, "step_times_s", ()))

@@ -11,8 +11,9 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -71,7 +72,7 @@ class RLHFWorkload:
 
     Args:
         cfg: the trial; `cfg.algorithm` picks PPO (actor, critic, reference, reward) or GRPO (no critic).
-        probe: a memory probe from `autotune.memory.probe.make_probe` for `cfg.device`.
+        probe: a memory probe from `autotune.memory.probes.make_probe` for `cfg.device`.
     """
 
     def __init__(self, cfg: TrialConfig, probe: MemoryProbe):
@@ -126,11 +127,13 @@ class RLHFWorkload:
 
         opt, w = self.cfg.optimizer, self.cfg.workload
         actor_opt = build_optimizer(self.actor, opt, lr=w.actor_lr, frugal=opt.name == "frugal")
-        self.actor_up: Updater = make_updater(self.actor, actor_opt, self.cfg, probe=self.probe, micro_batch=w.micro_batch)
+        self.actor_up: Updater = make_updater(self.actor, actor_opt, self.cfg, probe=self.probe,
+                                              micro_batch=w.micro_batch)
         self.critic_up: Updater | None = None
         if self.critic is not None:
             critic_opt = build_optimizer(self.critic, opt, lr=w.critic_lr, frugal=opt.critic == "frugal")
-            self.critic_up = make_updater(self.critic, critic_opt, self.cfg, probe=self.probe, micro_batch=w.micro_batch)
+            self.critic_up = make_updater(self.critic, critic_opt, self.cfg, probe=self.probe,
+                                          micro_batch=w.micro_batch)
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.device.type == "cuda":

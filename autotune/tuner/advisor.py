@@ -6,8 +6,8 @@ new trial's user attributes, so a reviewer sees why the tuner tried it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from autotune.config import TrialConfig
 from autotune.memory.report import MemoryReport
@@ -88,7 +88,8 @@ def _less_state(cfg: TrialConfig, owner: str) -> tuple[dict[str, object], str] |
             overrides.update({"optimizer.partition.layers": None, "optimizer.partition.density": 0.25})
         if cfg.memory.zero_stage > 0 and cfg.optimizer.partition.rotates:
             overrides["optimizer.partition.placement"] = "spread"   # ZeRO flattens groups: no rotation
-        return overrides, f"FRUGAL with density {overrides.get('optimizer.partition.density', density):g} instead of AdamW"
+        start = overrides.get("optimizer.partition.density", density)
+        return overrides, f"FRUGAL with density {start:g} instead of AdamW"
     if cfg.optimizer.partition.layers is None and density > 0:
         lower = 0.0 if density / 2 < _MIN_DENSITY else round(density / 2, 4)
         return {"optimizer.partition.density": lower}, f"lower density {density:g} -> {lower:g}"
@@ -97,26 +98,27 @@ def _less_state(cfg: TrialConfig, owner: str) -> tuple[dict[str, object], str] |
     return None
 
 
-def shrink_optimizer_state(record: TrialRecord) -> Proposal | None:
-    """Actor training sets the peak under pressure: keep less optimizer state, or move it off the GPU."""
-    if not _pressured(record) or _hot_phase(record) != "actor_train":
+def _shrink_state(record: TrialRecord, *, phase: str, owner: str, rule: str, whose: str = "") -> Proposal | None:
+    """The optimizer-state rule for one model: `phase` sets the peak under pressure, so `owner` keeps less."""
+    if not _pressured(record) or _hot_phase(record) != phase:
         return None
-    step = _less_state(record.config, "name")
+    step = _less_state(record.config, owner)
     if step is None:
         return None
-    return Proposal(rule="shrink_optimizer_state", overrides=step[0],
-                    reason=f"actor-train peak dominated by optimizer state, so {step[1]}")
+    overrides, change = step
+    return Proposal(rule=rule, overrides=overrides,
+                    reason=f"{phase.replace('_', '-')} peak dominated by optimizer state, so {change}{whose}")
+
+
+def shrink_optimizer_state(record: TrialRecord) -> Proposal | None:
+    """Actor training sets the peak under pressure: keep less optimizer state, or move it off the GPU."""
+    return _shrink_state(record, phase="actor_train", owner="name", rule="shrink_optimizer_state")
 
 
 def shrink_critic_optimizer_state(record: TrialRecord) -> Proposal | None:
     """Critic training sets the peak under pressure: the critic's optimizer state is the lever."""
-    if not _pressured(record) or _hot_phase(record) != "critic_train":
-        return None
-    step = _less_state(record.config, "critic")
-    if step is None:
-        return None
-    return Proposal(rule="shrink_critic_optimizer_state", overrides=step[0],
-                    reason=f"critic-train peak dominated by optimizer state, so {step[1]} for the critic")
+    return _shrink_state(record, phase="critic_train", owner="critic", rule="shrink_critic_optimizer_state",
+                         whose=" for the critic")
 
 
 def offload_models_on_experience_oom(record: TrialRecord) -> Proposal | None:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from autotune.config import flatten
 from autotune.errors import NoFeasibleTrialError
 from autotune.result import TrialRecord
 from autotune.tuner.recommend import DEFAULT_MIN_KEPT, find_baseline, recommend
+
+if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
+    import optuna
 
 CARD_SIZES_GB = (24.0, 40.0, 48.0, 80.0)   # RTX 3090/4090, A100-40, L40S/A6000, A100/H100-80
 _IGNORED = ("workload.seed",)               # keys that differ between trials without being a saver
@@ -106,12 +110,13 @@ def by_gpu(records: list[TrialRecord], *, budget_gb: float | None = None, min_re
                            peak_gb=mem.peak_reserved_gb if mem is not None else None,
                            step_time_s=rec.result.step_time_s, step_time_source=rec.result.step_time_source,
                            baseline_step_time_s=base_step, reward=rec.result.reward, baseline_reward=base_reward,
-                           kept_gain=None if kept is None else kept.value, kept_gain_se=None if kept is None else kept.se,
+                           kept_gain=None if kept is None else kept.value,
+                           kept_gain_se=None if kept is None else kept.se,
                            keeps_reward=rule.keeps(rec) if judged and rule is not None else None))
     return rows
 
 
-def by_gpu_study(study: object, records: list[TrialRecord] | None = None,
+def by_gpu_study(study: optuna.Study, records: list[TrialRecord] | None = None,
                  extra_gb: tuple[float, ...] = ()) -> list[GpuRow]:
     """`by_gpu` of a stored study, with its stored budget and reward rule (plus rows for `extra_gb`)."""
     from autotune.tuner.recommend import stored_policy
@@ -119,7 +124,7 @@ def by_gpu_study(study: object, records: list[TrialRecord] | None = None,
 
     policy = stored_policy(study)
     return by_gpu(records_of(study) if records is None else records,
-                  budget_gb=study.user_attrs.get(STUDY_ATTR_BUDGET),   # type: ignore[attr-defined]
+                  budget_gb=study.user_attrs.get(STUDY_ATTR_BUDGET),
                   min_reward_ratio=policy.min_reward_ratio, reference=policy.reference, extra_gb=extra_gb)
 
 

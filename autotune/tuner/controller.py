@@ -19,9 +19,10 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from autotune import owner, schema
 from autotune.config import MemoryConfig, TrialConfig
@@ -36,8 +37,15 @@ from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
 from autotune.tuner.launcher import Launcher, end_all
 from autotune.tuner.measure import Measurer
-from autotune.tuner.recommend import (DEFAULT_MIN_KEPT, Policy, Recommendation, recommend_study, store_policy, summary,
-                                      write_outputs)
+from autotune.tuner.recommend import (
+    DEFAULT_MIN_KEPT,
+    Policy,
+    Recommendation,
+    recommend_study,
+    store_policy,
+    summary,
+    write_outputs,
+)
 from autotune.tuner.scoring import score
 from autotune.tuner.space import SearchSpace, apply_params, distributions, params_for, suggest
 
@@ -215,7 +223,8 @@ def _check_models(base: TrialConfig, proxy: str | None = None) -> None:
 class Controller:
     """Runs one search invocation against a (possibly shared) study. Use `run()` once."""
 
-    def __init__(self, settings: SearchSettings, *, on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None,
+    def __init__(self, settings: SearchSettings, *,
+                 on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None,
                  on_note: Callable[[str], None] | None = None):
         _check_numbers(settings)
         _check_models(settings.space.base, settings.reward_proxy)
@@ -240,7 +249,8 @@ class Controller:
                                             reference=settings.reward_reference))
         self.trials_dir = studies.study_dir(settings.study) / "trials"
         self.cancel = threading.Event()
-        self.measurer = Measurer(study=self.study, out_dir=studies.study_dir(settings.study), launcher=settings.launcher,
+        self.measurer = Measurer(study=self.study, out_dir=studies.study_dir(settings.study),
+                                 launcher=settings.launcher,
                                  budget_gb=self.budget_gb, gpus=settings.gpus, prescreen=settings.prescreen,
                                  reward_proxy=settings.reward_proxy, cancel=self.cancel, on_note=on_note,
                                  force_planned=settings.plan_memory, reward_seeds=settings.reward_seeds,
@@ -302,8 +312,8 @@ class Controller:
         raise self._errors[0]
 
     def _workers(self) -> list[threading.Thread]:
-        """One per GPU group (`gpus_per_trial` GPUs each); on the CPU one, or `cpu_workers` for planned trials (single-threaded plans and
-        reward runs, so one per core keeps the host busy)."""
+        """One per GPU group (`gpus_per_trial` GPUs each); on the CPU one, or `cpu_workers` for planned trials
+        (single-threaded plans and reward runs, so one per core keeps the host busy)."""
         cpu_slots = (None,) * (self.settings.cpu_workers if self.measurer.mode == "planned" else 1)
         return [threading.Thread(target=self._worker, args=(gpu,), name=f"trial-worker-{gpu or 'cpu'}-{i}", daemon=True)
                 for i, gpu in enumerate(self.gpu_groups or cpu_slots)]
@@ -453,7 +463,8 @@ class Controller:
         trial.set_user_attr(USER_ATTR_CONFIG, config.to_dict())
         return config, None
 
-    def _execute(self, trial: Any, config: TrialConfig, trial_dir: Path, gpu: str | None) -> tuple[TrialResult | None, float]:
+    def _execute(self, trial: Any, config: TrialConfig, trial_dir: Path,
+                 gpu: str | None) -> tuple[TrialResult | None, float]:
         invalid = trial.user_attrs.get(USER_ATTR_INVALID)
         if invalid is not None:
             return TrialResult(config_hash=config.config_hash(), status="prescreened", backend=config.device,
@@ -532,7 +543,8 @@ class Controller:
         from optuna.trial import TrialState
 
         frozen = self.study.get_trials(deepcopy=False)[trial.number]
-        carried = USER_ATTR_CONFIG in frozen.user_attrs and (marker == USER_ATTR_CANCELLED or "fixed_params" in frozen.system_attrs)
+        carried = USER_ATTR_CONFIG in frozen.user_attrs and (marker == USER_ATTR_CANCELLED
+                                                              or "fixed_params" in frozen.system_attrs)
         if requeue and carried:
             self.study.enqueue_trial(frozen.system_attrs.get("fixed_params", frozen.params), user_attrs={
                 USER_ATTR_CONFIG: frozen.user_attrs[USER_ATTR_CONFIG],

@@ -16,7 +16,7 @@ reward (the box grows), which says the front is still moving.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from autotune.result import TrialRecord
 from autotune.tuner.recommend import pareto_front
@@ -65,12 +65,12 @@ def hypervolume_share(feasible: Sequence[TrialRecord], budget_gb: float) -> floa
     """The front's hypervolume as a share of the box between the reference and the ideal point
     (see the module docstring). Without rewards (memory-only objectives) the reward axis drops
     out, and the share is the part of the budget the lowest peak leaves free."""
-    measured = [r for r in feasible if r.result.memory is not None]
+    measured = [(r.result.reward, r.result.memory.peak_reserved_gb) for r in feasible if r.result.memory is not None]
     if not measured or not math.isfinite(budget_gb) or budget_gb <= 0:
         return 0.0
-    points = [(r.result.reward, r.result.memory.peak_reserved_gb) for r in measured if r.result.reward is not None]
+    points = [(reward, peak) for reward, peak in measured if reward is not None]
     if not points:
-        lowest = min(r.result.memory.peak_reserved_gb for r in measured)
+        lowest = min(peak for _, peak in measured)
         return max(0.0, 1.0 - lowest / budget_gb)
     floor = min(0.0, *(reward for reward, _ in points))
     box = (max(reward for reward, _ in points) - floor) * budget_gb

@@ -117,7 +117,8 @@ def gain_at(curve: tuple[RewardPoint, ...], index: int = -1) -> Estimate | None:
     if len(curve) < 2:
         return None
     gains = _seed_gains(curve[0], curve[index])
-    return Estimate(value=statistics.fmean(gains), se=_se(gains, math.hypot(curve[0].prompt_se, curve[index].prompt_se)))
+    return Estimate(value=statistics.fmean(gains),
+                    se=_se(gains, math.hypot(curve[0].prompt_se, curve[index].prompt_se)))
 
 
 def gain(result: TrialResult) -> Estimate | None:
@@ -186,9 +187,11 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
             own_var, dof = max(own_var, pooled[0]), max(dof, pooled[1])
         diff = Estimate(value=statistics.fmean(diffs), se=math.sqrt(own_var / len(diffs) + prompt_se ** 2), dof=dof)
     else:   # different seed counts: independent estimates
-        own = Estimate(value=statistics.fmean(mine), se=_se(mine, math.hypot(config[0].prompt_se, config[index].prompt_se)))
+        own = Estimate(value=statistics.fmean(mine),
+                       se=_se(mine, math.hypot(config[0].prompt_se, config[index].prompt_se)))
+        shortest = min(len(mine), len(theirs))
         diff = Estimate(value=own.value - base.value, se=math.hypot(own.se, base.se),
-                        dof=max(1, min(len(mine), len(theirs)) - 1) if min(len(mine), len(theirs)) > 1 else math.inf)
+                        dof=shortest - 1 if shortest > 1 else math.inf)
     ratio = diff.value / base.value
     se = math.hypot(diff.se, ratio * base.se) / base.value
     return Estimate(value=1.0 + ratio, se=se, dof=diff.dof)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 # SIGHUP: the terminal or SSH session closed; it stops a search like Ctrl-C rather than killing it mid-write
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -13,16 +13,19 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError
-from autotune.result import TrialResult
+from autotune.result import Status, TrialResult
 from autotune.tuner import fidelity, step_time
 from autotune.tuner.launcher import Launcher, host_available_gb, plan, prescreen, run_reward, run_trial
 
 if TYPE_CHECKING:
+    import optuna
+
     from autotune.rlhf.reward_run import RewardOutcome
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,8 @@ class Measured:
 class Measurer:
     """Chooses how a study's trials are measured (`prepare`, once) and measures each (`measure`)."""
 
-    def __init__(self, *, study: Any, out_dir: Path, launcher: Launcher, budget_gb: float, gpus: tuple[str, ...],
-                 prescreen: bool, reward_proxy: str | None, cancel: threading.Event,
+    def __init__(self, *, study: optuna.Study, out_dir: Path, launcher: Launcher, budget_gb: float,
+                 gpus: tuple[str, ...], prescreen: bool, reward_proxy: str | None, cancel: threading.Event,
                  on_note: Callable[[str], None] | None = None, force_planned: bool = False, reward_seeds: int = 1,
                  reward_steps: int | None = None, device_class: str | None = None):
         self.study, self.out_dir, self.launcher, self.budget_gb = study, out_dir, launcher, budget_gb
@@ -224,7 +227,7 @@ class Measurer:
         planned = self._plan(config, trial_dir)
         if planned is None or planned.memory is None or planned.status == "error":
             why = planned.message if planned is not None else "the plan did not finish (see plan.log)"
-            status = "prescreened" if note else "error"   # not launched for lack of host memory: infeasible
+            status: Status = "prescreened" if note else "error"   # not launched for lack of host memory: infeasible
             message = f"{note}; and the plan failed: {why}" if note else f"plan failed: {why}"
             return Measured(result=TrialResult(config_hash=config.config_hash(), status=status, backend="fake",
                                                message=message, memory_source=label), subprocess_s=0.0)

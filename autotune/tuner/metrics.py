@@ -5,7 +5,7 @@ agree on what `peak_reserved_gb` means. Per-phase metrics are named `<phase>.<me
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from autotune.config import PHASES
 from autotune.memory.report import GiB, PhaseMemory

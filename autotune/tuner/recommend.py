@@ -28,13 +28,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from autotune import files
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import TrialRecord, TrialResult
 from autotune.tuner import gain
 from autotune.tuner.metrics import MAXIMIZED
+
+if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
+    import optuna
 
 POLICIES = ("fastest", "max-reward", "min-memory")
 REFERENCES = ("baseline", "best")
@@ -219,6 +222,7 @@ def reward_rule(front: list[TrialRecord], baseline: TrialRecord | None, *, refer
                 floor: float = DEFAULT_MIN_KEPT, records: list[TrialRecord] | None = None) -> RewardRule:
     """Whose gain the front is judged against, whether that run learned, and the seed spread of a
     gain difference pooled over every scored config of `records` (the front's, by default)."""
+    ref: TrialRecord | None
     if reference == "baseline" and baseline is not None and baseline.result.reward is not None:
         ref, name = baseline, "the baseline's"
     else:
@@ -248,7 +252,8 @@ def _keeping(pool: list[TrialRecord], rule: RewardRule, within: str, *, fastest:
         chosen = min(timed, key=lambda r: (_step(r), _peak(r), -_kept_value(rule, r)))
         reason = (f"lowest step time ({_step(chosen):.3g} s, {chosen.result.step_time_source or 'measured'}) among "
                   f"{_trials(len(timed))} {within} that keep at least {floor} (kept - 2 SE)")
-        better = [r for r in pool if rule.undecided(r) and r.result.step_time_s is not None and _step(r) < _step(chosen)]
+        better = [r for r in pool
+                  if rule.undecided(r) and r.result.step_time_s is not None and _step(r) < _step(chosen)]
         edge = "a lower step time"
     else:
         chosen = min(eligible, key=lambda r: (_peak(r), -_kept_value(rule, r), _frag(r)))
@@ -278,19 +283,19 @@ def _trials(n: int) -> str:
     return f"{n} trial{'s' if n != 1 else ''}"
 
 
-def store_policy(study: Any, policy: Policy) -> None:
+def store_policy(study: optuna.Study, policy: Policy) -> None:
     """Record the policy in the study, so every later reader recommends the same trial."""
     policy.check()
     study.set_user_attr(STUDY_ATTR_POLICY, {"name": policy.name, "min_reward_ratio": policy.min_reward_ratio,
                                             "reference": policy.reference})
 
 
-def stored_policy(study: Any) -> Policy:
+def stored_policy(study: optuna.Study) -> Policy:
     """The study's policy; the defaults for a study written before policies were stored."""
     return Policy(**study.user_attrs.get(STUDY_ATTR_POLICY, {}))
 
 
-def recommend_study(study: Any, records: list[TrialRecord] | None = None, *,
+def recommend_study(study: optuna.Study, records: list[TrialRecord] | None = None, *,
                     budget_gb: float | None = None) -> Recommendation:
     """The one recommendation path: the study's records, its stored policy and its budget.
 
@@ -421,7 +426,8 @@ def _baseline_lines(base: TrialRecord | None, planned_gb: float | None) -> tuple
     if base.result.ok and base.feasible and base.result.memory is not None:
         return [], base.result.memory.peak_reserved_gb, reward
     # a prescreened (planned) baseline carries its whole planned peak; an OOM only a partial one
-    planned = base.result.memory.peak_reserved_gb if base.result.status == "prescreened" and base.result.memory else planned_gb
+    planned = (base.result.memory.peak_reserved_gb if base.result.status == "prescreened" and base.result.memory
+               else planned_gb)
     if base.result.status in ("oom", "prescreened") and planned is not None:
         return [f"  the baseline (AdamW, no interventions) needs more than the budget: {planned:.4g} GiB planned"], \
             planned, reward
@@ -456,7 +462,8 @@ def summary(recommendation: Recommendation, *, cost: str | None = None) -> str:
     if rec.result.reward is not None:
         lines += _reward_summary(recommendation, base_reward)
     if mem is not None:
-        lines.append(f"  peak reserved   {mem.peak_reserved_gb:.4g} GiB{_change(mem.peak_reserved_gb, base_peak, ' GiB')}")
+        change = _change(mem.peak_reserved_gb, base_peak, " GiB")
+        lines.append(f"  peak reserved   {mem.peak_reserved_gb:.4g} GiB{change}")
         lines.append(f"  fragmentation   {mem.fragmentation:.1%}")
     base = recommendation.baseline
     if rec.result.step_time_s is not None:
@@ -483,7 +490,8 @@ def _reward_summary(recommendation: Recommendation, base_reward: float | None) -
     lines = [f"  reward          {rec.result.reward:.4g}{se}" + (f" ({context})" if context else "")]
     if rule is None or not rule.judged:
         why = rule.why_unjudged() if rule is not None else "no reward rule"
-        return lines + [f"  reward gain     not compared: {why}", "                  this recommendation rests on memory alone"]
+        return lines + [f"  reward gain     not compared: {why}",
+                        "                  this recommendation rests on memory alone"]
     found = rule.kept(rec)
     if found is not None:
         lines.append(f"  reward gain     keeps {found.describe('.2f')} of {rule.reference_name} gain "

@@ -38,8 +38,9 @@ def front_table(records: list[TrialRecord], recommendation: Recommendation | Non
         opt = r.config.optimizer
         kept = rule.kept(r) if rule is not None and rule.judged else None
         table.add_row(
-            f"{'*' if r.number == chosen else ''}{r.number}", _fmt(r.result.reward, ".4g"), _fmt(r.result.reward_se, ".2g"),
-            "-" if kept is None else f"{kept.describe('.2f')}{'' if rule.keeps(r) else ' (under)'}",
+            f"{'*' if r.number == chosen else ''}{r.number}", _fmt(r.result.reward, ".4g"),
+            _fmt(r.result.reward_se, ".2g"),
+            "-" if kept is None or rule is None else f"{kept.describe('.2f')}{'' if rule.keeps(r) else ' (under)'}",
             _fmt(None if mem is None else mem.peak_reserved_gb, ".4g"),
             _fmt(None if mem is None else mem.fragmentation, ".1%"), _fmt(r.result.step_time_s, ".3g"),
             opt.name if opt.name == "adamw" else f"frugal {opt.partition.density:g}", r.advisor_reason or "sampled")

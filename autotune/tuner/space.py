@@ -21,12 +21,15 @@ import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from autotune import schema
 from autotune.config import MAX_MEMORY_GB, TrialConfig, flatten
 from autotune.errors import ConfigError
 from autotune.tuner.metrics import METRICS
+
+if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
+    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class SearchSpace:
         return tuple(d for d in self.dimensions if d.searched)
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         return [o.direction for o in self.objectives]
 
     def rebase(self, overrides: dict[str, object]) -> SearchSpace:
@@ -119,7 +122,8 @@ def load_space(path: str | Path) -> SearchSpace:
 
 def parse_space(data: dict, *, source: str = "<space>") -> SearchSpace:
     """Build a SearchSpace from plain data, collecting every problem into one ConfigError."""
-    problems = [f"{schema.show(k)}: unknown key (valid keys: {', '.join(_TOP_KEYS)})" for k in data if k not in _TOP_KEYS]
+    problems = [f"{schema.show(k)}: unknown key (valid keys: {', '.join(_TOP_KEYS)})"
+                for k in data if k not in _TOP_KEYS]
     base = _parse_base(data.get("base") or {}, problems)
     # a broken base still lets every dimension be checked (against the defaults), all in one pass
     dims = _parse_dimensions(data.get("dimensions") or {}, base or TrialConfig(), problems)
@@ -278,9 +282,11 @@ def _parse_objectives(raw: object, problems: list[str]) -> tuple[Objective, ...]
     for i, item in enumerate(raw):
         where = f"objectives[{i}]"
         if not isinstance(item, dict) or set(item) != {"metric", "direction"}:
-            problems.append(f"{where}: expected {{metric: NAME, direction: minimize|maximize}}, got {schema.show(item)}")
+            problems.append(f"{where}: expected {{metric: NAME, direction: minimize|maximize}}, "
+                            f"got {schema.show(item)}")
         elif not isinstance(item["metric"], str) or item["metric"] not in METRICS:
-            problems.append(f"{where}.metric: unknown metric {schema.show(item['metric'])} (known: {', '.join(METRICS)})")
+            problems.append(f"{where}.metric: unknown metric {schema.show(item['metric'])} "
+                            f"(known: {', '.join(METRICS)})")
         elif item["direction"] not in ("minimize", "maximize"):
             problems.append(f"{where}.direction: must be minimize or maximize, got {schema.show(item['direction'])}")
         elif any(o.metric == item["metric"] for o in out):
@@ -422,14 +428,15 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def suggest(trial: Any, space: SearchSpace) -> dict[str, object]:
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, object]:
     """Ask an Optuna trial for every searched dimension; returns {dimension: value}."""
     params: dict[str, object] = {}
     for dim in space.searched:
         if dim.kind == "categorical":
             params[dim.name] = trial.suggest_categorical(dim.name, list(dim.choices))
         elif dim.kind == "int":
-            params[dim.name] = trial.suggest_int(dim.name, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+            params[dim.name] = trial.suggest_int(dim.name, int(dim.low), int(dim.high), step=int(dim.step or 1),
+                                                 log=dim.log)
         else:
             params[dim.name] = trial.suggest_float(dim.name, dim.low, dim.high, step=dim.step, log=dim.log)
     return params

@@ -12,7 +12,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autotune import schema
 from autotune.config import TrialConfig
@@ -20,6 +20,11 @@ from autotune.errors import ConfigError, StorageError, StudyNotFoundError
 from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
 from autotune.tuner.definition import check_definition
 from autotune.tuner.metrics import metric_value
+
+if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
+    import optuna
+    from optuna.distributions import BaseDistribution
+    from optuna.storages import RDBStorage
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,8 @@ def check_study_name(name: str) -> str:
     """
     if not isinstance(name, str) or not _STUDY_NAME.match(name):
         raise ConfigError(f"study name {name!r} cannot be a folder under {RUNS_ROOT}/: use 1 to 128 characters "
-                          "without '/', '\\', '?', '#', '%', control characters or a leading '.' (e.g. --study my-study)")
+                          "without '/', '\\', '?', '#', '%', control characters or a leading '.' "
+                          "(e.g. --study my-study)")
     return name
 
 
@@ -58,7 +64,7 @@ def study_dir(study_name: str) -> Path:
 
 
 def open_storage(url: str, *, heartbeat_interval_s: int | None = None, grace_period_s: int | None = None,
-                 max_retry: int = 2, read_only: bool = False) -> Any:
+                 max_retry: int = 2, read_only: bool = False) -> RDBStorage:
     """An RDBStorage (SQLite or PostgreSQL). With a heartbeat, a trial whose worker died is retried.
 
     A database that exists must already be an Optuna storage: anything else (a truncated 0-byte
@@ -228,7 +234,7 @@ def _check_server_storage(url: str) -> None:
                            "study; autotune will not write to it")
 
 
-def _create_rdb(url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], attempts: int = 5) -> Any:
+def _create_rdb(url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], attempts: int = 5) -> RDBStorage:
     """RDBStorage, retried while another worker is creating the same tables at the same moment."""
     import optuna
     import sqlalchemy.exc
@@ -266,7 +272,7 @@ def _fast_sqlite(engine: Any) -> None:
     engine.dispose()  # connections made while Optuna created the tables predate the listener
 
 
-def make_sampler(name: str, seed: int | None) -> Any:
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for `--sampler`. Each reads constraints set with `trial.set_constraint`."""
     import optuna
 
@@ -283,9 +289,11 @@ def make_sampler(name: str, seed: int | None) -> Any:
     return factories[name]()
 
 
-def open_study(name: str, storage: Any, *, directions: list[str], objectives: list[str], sampler: Any,
-               budget_gb: float | None, distributions: dict[str, Any] | None = None,
-               definition: dict[str, Any] | None = None) -> Any:
+def open_study(name: str, storage: str | optuna.storages.BaseStorage, *,
+               directions: list[Literal["minimize", "maximize"]], objectives: list[str],
+               sampler: optuna.samplers.BaseSampler | None, budget_gb: float | None,
+               distributions: dict[str, BaseDistribution] | None = None,
+               definition: dict[str, Any] | None = None) -> optuna.Study:
     """Create the study, or join it if it exists (a resumed run or another worker).
 
     Args:
@@ -328,7 +336,7 @@ def _check_no_earlier_trials(name: str) -> None:
                            "folder away, or use another --study name")
 
 
-def _check_distributions(study: Any, distributions: dict[str, Any]) -> None:
+def _check_distributions(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> None:
     """Each dimension must still be the one the study's trials were sampled from.
 
     Raises:
@@ -351,7 +359,7 @@ def _check_distributions(study: Any, distributions: dict[str, Any]) -> None:
                            "started with, or use another --study name"], source=f"study {study.study_name!r}")
 
 
-def load_study(study_name: str, storage: str | None = None) -> Any:
+def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
     """Open an existing study for reading.
 
     Raises:
@@ -379,7 +387,7 @@ def load_records(study_name: str, storage: str | None = None) -> list[TrialRecor
     return records_of(study)
 
 
-def records_of(study: Any) -> list[TrialRecord]:
+def records_of(study: optuna.Study) -> list[TrialRecord]:
     """The study's trials that carry a result (completed or failed with a reason)."""
     metrics = list(study.user_attrs.get(STUDY_ATTR_OBJECTIVES, []))
     out = []
@@ -397,7 +405,7 @@ def measured_objectives(result: TrialResult, metrics: list[str]) -> dict[str, fl
     return {m: float(v) for m, v in values.items() if v is not None}
 
 
-def to_record(trial: Any, metrics: list[str]) -> TrialRecord | None:
+def to_record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> TrialRecord | None:
     """A TrialRecord from an Optuna FrozenTrial, or None when it holds no result (yet)."""
     from optuna.trial import TrialState
 

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import frugal_pretrain as fp
-from benchmarks import rlhf_fragmentation as rf
-from benchmarks import search_quality as sq
+from benchmarks import frugal_pretrain as fp, rlhf_fragmentation as rf, search_quality as sq
 from benchmarks.common import OutputDirs
 
 

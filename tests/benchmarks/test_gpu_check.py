@@ -19,9 +19,7 @@ from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError
 from autotune.memory.replay import replay_snapshot, replay_snapshot_events
 from autotune.memory.trace import ALLOC, EMPTY_CACHE, FREE, Trace
-from benchmarks import gpu_check as gc
-from benchmarks import gpu_check_report as rep
-from benchmarks import gpu_check_trace as gt
+from benchmarks import gpu_check as gc, gpu_check_report as rep, gpu_check_trace as gt
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
@@ -328,7 +326,8 @@ def test_cpu_dry_run_writes_the_full_document(tmp_path: Path) -> None:
     plan = {r["name"]: r for r in doc["plan"]["rows"]}
     assert doc["plan"]["status"] == "ok" and set(plan) == {"trace:ppo", "trace:grpo", *(
         f"paper:{v.name}" for v in gc.VARIANTS)}
-    assert [p["phase"] for p in plan["trace:ppo"]["phases"]] == ["generation", "experience", "actor_train", "critic_train"]
+    assert [p["phase"] for p in plan["trace:ppo"]["phases"]] == ["generation", "experience", "actor_train",
+                                                                 "critic_train"]
     assert [p["phase"] for p in plan["trace:grpo"]["phases"]] == ["generation", "experience", "actor_train"]
     for row in plan.values():
         for p in row["phases"]:   # each error is recomputed from the figures beside it

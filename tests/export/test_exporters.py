@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from autotune import schema
 from autotune.config import AllocatorConfig, PartitionSpec, TrialConfig
 from autotune.errors import ConfigError
 from autotune.export import FORMATS, export_config
-from autotune.export.features import FEATURES, PARTITION_FILE
-from autotune import schema
 from autotune.export.deepspeed_chat import DSCHAT_FLAGS
+from autotune.export.features import FEATURES, PARTITION_FILE
 from tests.export.configs import CASES, GOLDEN_CONFIG, ZERO3_FRUGAL_CONFIG
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -243,7 +243,7 @@ def test_rotating_frugal_is_a_warning_for_fsdp_stacks_only() -> None:
 # -- env and yaml ----------------------------------------------------------------------------------
 def test_env_line_parses_back_to_the_allocator_config() -> None:
     text = export_config(GOLDEN_CONFIG, "env").files["autotune.env"]
-    line = next(l for l in text.splitlines() if l.startswith("export PYTORCH_ALLOC_CONF="))
+    line = next(row for row in text.splitlines() if row.startswith("export PYTORCH_ALLOC_CONF="))
     assert "export PYTORCH_CUDA_ALLOC_CONF" not in text      # deprecated name in newer PyTorch
     assert "set_expandable_segments" in text
     parsed = AllocatorConfig.from_env_string(line.split("=", 1)[1])

@@ -6,8 +6,6 @@ accelerate and DeepSpeed as installed. Ray, vLLM and flash-attn are stubbed (tes
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,7 @@ import yaml
 
 from autotune.config import TrialConfig
 from autotune.export import export_config
-from autotune.export.features import frugal_models
-from tests.export.configs import CASES, GOLDEN_CONFIG, ZERO3_FRUGAL_CONFIG
+from tests.export.configs import CASES, GOLDEN_CONFIG
 from tests.export.targets import openrlhf_parse, stub_modules, verl_compose
 
 # What the user adds to the exported flags (OpenRLHF needs model paths); the GPU counts come from the export.

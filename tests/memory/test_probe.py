@@ -11,7 +11,8 @@ from autotune import schema
 from autotune.config import AllocatorConfig
 from autotune.errors import ConfigError
 from autotune.memory.allocator import SimulatedOutOfMemoryError
-from autotune.memory.probe import MemoryProbe, make_probe
+from autotune.memory.probe import MemoryProbe
+from autotune.memory.probes import make_probe
 from autotune.memory.report import MemoryReport
 from tests.memory.llama_step import tiny_llama_step
 

@@ -192,7 +192,8 @@ def test_c10_allocator_config_max_split_20_is_valid():
 
 
 def test_c10_allocator_config_native_and_pinned_off():
-    config = AllocatorConfig.from_env_string("backend:native,expandable_segments:False,release_lock_on_device_malloc:False")
+    config = AllocatorConfig.from_env_string(
+        "backend:native,expandable_segments:False,release_lock_on_device_malloc:False")
     assert config.backend == "native" and not config.expandable_segments
     pinned = AllocatorConfig.from_env_string("pinned_use_device_host_register:False,pinned_num_register_threads:4,"
                                              "pinned_use_background_threads:False")

@@ -166,7 +166,8 @@ def _steps_and_states(optimizer: FRUGAL, blocks: list[nn.Parameter], steps: int)
         for p in blocks:
             p.grad = p.detach().clone()
         optimizer.step()
-        counts = {i: (optimizer.state[p]["step"].item() if p in optimizer.state else None) for i, p in enumerate(blocks)}
+        counts = {i: (optimizer.state[p]["step"].item() if p in optimizer.state else None)
+                  for i, p in enumerate(blocks)}
         seen.append((optimizer.active_blocks(), counts))
     return seen
 

@@ -46,7 +46,8 @@ def test_a_huge_budget_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_trial_config_with_a_huge_device_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_trial_config_with_a_huge_device_is_one_error_line(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "t.yaml").write_text("device_memory_gb: 1.0e+308\n")
     code, _, err = _main(["trial", "--config", "t.yaml", "--out", "r.json"], capsys)
     _one_line_error(code, err, "device_memory_gb", "at most 65536")
@@ -279,7 +280,8 @@ def test_a_folder_as_the_mlflow_store_warns_once_and_goes_on(tmp_path: Path, cap
     start = time.monotonic()
     out = _ok(argv, capsys)
     elapsed = time.monotonic() - start
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "mlflow" in r.getMessage().lower()]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "mlflow" in r.getMessage().lower()]
     assert len(warnings) == 1 and "is a folder" in warnings[0], warnings
     assert "wrote runs/s/recommended.yaml" in out
     assert elapsed < 60, f"{elapsed:.0f} s: MLflow's retries were waited out"

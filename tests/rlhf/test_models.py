@@ -15,7 +15,13 @@ from transformers import DynamicCache, StaticCache
 from autotune.errors import ConfigError, ModelNotFoundError
 from autotune.rlhf import models
 from autotune.rlhf.models import (
-    PRESETS, ValueModel, build_policy, build_value_model, load_tokenizer, model_config, resolve_model,
+    PRESETS,
+    ValueModel,
+    build_policy,
+    build_value_model,
+    load_tokenizer,
+    model_config,
+    resolve_model,
 )
 
 BIG_PRESETS = ["llama-small", "llama-1b", "opt-350m", "opt-1.3b"]

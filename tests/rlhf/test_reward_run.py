@@ -172,7 +172,8 @@ def test_reward_config_resets_neutral_knobs_and_keeps_the_key():
 
 
 def test_the_proxy_takes_over_every_model_and_maps_explicit_layers():
-    cfg = small(**{"model.actor": "llama-1b", "optimizer.name": "frugal", "optimizer.partition.layers": (12, 13, 14, 15)})
+    cfg = small(**{"model.actor": "llama-1b", "optimizer.name": "frugal",
+                   "optimizer.partition.layers": (12, 13, 14, 15)})
     run = reward_config(cfg, proxy="llama-small")
     assert run.model.actor == "llama-small" and run.model.critic is None and run.model.reward is None
     assert run.optimizer.partition.layers == (7, 8, 9)   # the top quarter of 16 -> the top of 10

@@ -139,7 +139,7 @@ def test_rotating_frugal_is_rejected_under_zero():
 def test_a_model_from_a_local_folder_counts_its_weights_like_the_preset(tmp_path):
     """Weights that from_pretrained maps from safetensors make no aten op the tracer sees; setup must
     still put them on the simulated device, or every local model (smollm2 too) looks nearly free."""
-    from autotune.memory.probe import make_probe
+    from autotune.memory.probes import make_probe
     from autotune.rlhf.models import build_policy
     from autotune.rlhf.workload import RLHFWorkload
 

@@ -29,7 +29,8 @@ TOLERANCE = 0.05
 
 
 def _report(reserved_mib: int) -> MemoryReport:
-    phase = PhaseMemory(name="actor_train", peak_allocated_bytes=reserved_mib << 19, peak_reserved_bytes=reserved_mib << 20,
+    phase = PhaseMemory(name="actor_train", peak_allocated_bytes=reserved_mib << 19,
+                        peak_reserved_bytes=reserved_mib << 20,
                         end_allocated_bytes=0, end_reserved_bytes=0, wall_time_s=0.1)
     return MemoryReport(backend="cpu", phases=(phase,), peak_allocated_bytes=reserved_mib << 19,
                         peak_reserved_bytes=reserved_mib << 20)
@@ -151,7 +152,7 @@ def test_sharding_lowers_the_rank0_plan():
         from autotune.rlhf.trial import plan_trial
         cfg = TrialConfig().replace(**{**%r, "world_size": int(sys.argv[1]), "memory.zero_stage": 3})
         print(plan_trial(cfg).memory.phase("actor_train").peak_allocated_bytes)
-    """ % TINY)
+    """ % TINY)  # noqa: UP031 - the script's own braces would need escaping for str.format
     peaks = {}
     for ws in (1, 2):
         done = subprocess.run([sys.executable, "-c", script, str(ws)], env=subprocess_env(), capture_output=True,
@@ -171,7 +172,7 @@ def test_plan_runs_deepspeed_offload_and_says_what_it_cannot_see():
         for cfg in (base, base.replace(**{"memory.offload_optimizer": True})):
             r = plan_trial(cfg)
             print(r.status, r.memory.phase("generation").peak_allocated_bytes, "|", r.message)
-    """ % TINY)
+    """ % TINY)  # noqa: UP031 - the script's own braces would need escaping for str.format
     done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

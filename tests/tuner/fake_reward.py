@@ -43,7 +43,8 @@ def main() -> int:
     points = (RewardPoint(step=0, seed_rewards=(0.4,) * args.seeds),
               RewardPoint(step=steps, seed_rewards=seed_rewards, prompt_se=0.01))
     failed = os.environ.get("FAKE_REWARD_FAIL") == "1"
-    outcome = RewardOutcome(key=key, model=cfg.model.actor, proxy=args.proxy_for not in (None, cfg.model.actor), steps=steps,
+    outcome = RewardOutcome(key=key, model=cfg.model.actor, proxy=args.proxy_for not in (None, cfg.model.actor),
+                            steps=steps,
                             seeds=args.seeds, reward=None if failed else reward, reward_se=0.01, initial_reward=0.4,
                             reward_curve=() if failed else (0.4, reward), points=() if failed else points,
                             status="error" if failed else "ok", message="failed on purpose" if failed else "",

@@ -44,7 +44,8 @@ def figures(cfg: TrialConfig) -> tuple[MemoryReport, float]:
         _phase("critic_train", 8 + 4 + 4, later_frag),
     )
     top = max(phases, key=lambda p: p.peak_reserved_bytes)
-    report = MemoryReport(backend="cpu", phases=phases, peak_allocated_bytes=max(p.peak_allocated_bytes for p in phases),
+    report = MemoryReport(backend="cpu", phases=phases,
+                          peak_allocated_bytes=max(p.peak_allocated_bytes for p in phases),
                           peak_reserved_bytes=top.peak_reserved_bytes)
     reward = 0.4 + 0.4 * share ** 0.5 - 0.02 * mem.actor_gradient_checkpointing + 0.01 * cfg.workload.seed
     return report, reward

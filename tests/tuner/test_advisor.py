@@ -20,8 +20,9 @@ def _record(phases: dict[str, tuple[int, int]], *, status: str = "ok", failed_ph
     report = MemoryReport(backend="cpu", phases=ps, peak_allocated_bytes=max(p.peak_allocated_bytes for p in ps),
                           peak_reserved_bytes=max(p.peak_reserved_bytes for p in ps))
     cfg = cfg or TrialConfig()
-    result = TrialResult(config_hash=cfg.config_hash(), status=status, backend="cpu", memory=report,  # type: ignore[arg-type]
-                         failed_phase=failed_phase, reward=0.5 if status == "ok" else None)
+    result = TrialResult(config_hash=cfg.config_hash(), status=status,  # type: ignore[arg-type]
+                         backend="cpu", memory=report, failed_phase=failed_phase,
+                         reward=0.5 if status == "ok" else None)
     return TrialRecord(number=1, config=cfg, result=result, feasible=feasible and status == "ok")
 
 
@@ -36,7 +37,8 @@ def test_fragmented_generation_gets_empty_cache_after_it() -> None:
     assert proposal.apply(record.config).memory.empty_cache_after == ("generation",)
     assert "generation" in proposal.reason and "40%" in proposal.reason
     assert advisor.empty_cache_after_fragmented_generation(_record(CALM)) is None
-    done = _record({**CALM, "generation": (60, 100)}, cfg=TrialConfig().replace(**{"memory.empty_cache_after": ("generation",)}))
+    done = _record({**CALM, "generation": (60, 100)},
+                   cfg=TrialConfig().replace(**{"memory.empty_cache_after": ("generation",)}))
     assert advisor.empty_cache_after_fragmented_generation(done) is None
 
 
@@ -77,7 +79,8 @@ def test_critic_train_oom_moves_the_critic_to_frugal() -> None:
     assert (cfg.optimizer.critic, cfg.optimizer.name, cfg.optimizer.partition.density) == ("frugal", "adamw", 0.25)
     # with the actor already on FRUGAL at 0.5, the critic shares that partition unchanged
     actor_frugal = TrialConfig().replace(**{"optimizer.name": "frugal", "optimizer.partition.density": 0.5})
-    shared = advisor.shrink_critic_optimizer_state(_record(CALM, status="oom", failed_phase="critic_train", cfg=actor_frugal))
+    shared = advisor.shrink_critic_optimizer_state(_record(CALM, status="oom", failed_phase="critic_train",
+                                                           cfg=actor_frugal))
     assert shared is not None and shared.apply(actor_frugal).optimizer.partition.density == 0.5
     assert advisor.shrink_critic_optimizer_state(_record(CALM, status="oom", failed_phase="actor_train")) is None
 

@@ -16,8 +16,15 @@ from autotune.errors import ConfigError, StorageError
 from autotune.tuner.controller import SearchSettings, run_search
 from autotune.tuner.launcher import Launcher, run_trial
 from autotune.tuner.study import default_storage, load_records, open_storage
-from tests.tuner.tuner_helpers import (BUDGET_GB, FAKE_COMMAND, ci_space, fake_launcher, result_count, search_cmd,
-                                       subprocess_env)
+from tests.tuner.tuner_helpers import (
+    BUDGET_GB,
+    FAKE_COMMAND,
+    ci_space,
+    fake_launcher,
+    result_count,
+    search_cmd,
+    subprocess_env,
+)
 
 
 def _settings(study: str, n: int, **kw: object) -> SearchSettings:
@@ -52,7 +59,8 @@ def test_six_trial_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert (tmp_path / "runs" / "six" / "trials" / "0" / "result.json").is_file()
 
 
-def test_crash_timeout_and_oom_are_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_timeout_and_oom_are_recorded_and_the_study_goes_on(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FAKE_TRIAL_SCRIPT", "1:raise,2:sleep,3:oom")
     run_search(_settings("rough", 6, launcher=fake_launcher(timeout_s=3.0)))
@@ -85,7 +93,8 @@ def test_sigkill_mid_study_then_resume(tmp_path: Path) -> None:
     assert len({r.number for r in records}) == 6 and records[0].advisor_reason == "baseline"
     # the trial that was running when the controller died went stale and was retried, once
     trials = optuna.load_study(study_name="killed", storage=storage).trials
-    stale = [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL and "autotune.result" not in t.user_attrs]
+    stale = [t.number for t in trials
+             if t.state == optuna.trial.TrialState.FAIL and "autotune.result" not in t.user_attrs]
     retried = [t.system_attrs.get("failed_trial") for t in trials if "failed_trial" in t.system_attrs]
     assert stale and sorted(retried) == stale
 
@@ -116,12 +125,14 @@ def test_parallel_gpus_with_prescreening(tmp_path: Path, monkeypatch: pytest.Mon
     assert records[0].result.status == "prescreened"   # the AdamW baseline is predicted over budget
 
 
-def test_an_invalid_sampled_combination_is_infeasible_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_invalid_sampled_combination_is_infeasible_not_fatal(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     space_file = tmp_path / "zero.yaml"
     space_file.write_text("base: {device: cpu}\n"
                           "dimensions: {memory.zero_stage: [0, 1], memory.offload_optimizer: [false, true]}\n"
-                          "objectives: [{metric: reward, direction: maximize}, {metric: peak_reserved_gb, direction: minimize}]\n")
+                          "objectives: [{metric: reward, direction: maximize}, "
+                          "{metric: peak_reserved_gb, direction: minimize}]\n")
     from autotune.tuner.space import load_space
 
     settings = SearchSettings(study="zero", space=load_space(space_file), n_trials=4, sampler="random", seed=5,
@@ -148,7 +159,8 @@ def _dead_owner() -> str:
 
 
 @pytest.mark.timeout(180)
-def test_running_trials_of_dead_controllers_are_failed_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_running_trials_of_dead_controllers_are_failed_and_retried(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A controller killed between ask() and its first heartbeat left a RUNNING trial every later run waited for."""
     from autotune.result import USER_ATTR_CONFIG
     from autotune.tuner.controller import USER_ATTR_OWNER, USER_ATTR_OWNER_TRIAL, baseline_config

@@ -42,7 +42,8 @@ def test_memory_mode_follows_the_host() -> None:
     assert fidelity.choose_memory_mode(gpus=(), need_gb=None, available_gb=18.0) == "planned"
 
 
-def test_a_model_the_host_cannot_hold_is_planned_never_launched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_the_host_cannot_hold_is_planned_never_launched(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     _host(monkeypatch, 0.5)   # the baseline needs its 27.5 MiB plus 1.5 GiB of process: more than 0.5 GiB
     log = tmp_path / "rewards.log"
@@ -103,7 +104,8 @@ def test_a_host_that_holds_the_model_runs_it_and_labels_both_sources(tmp_path: P
     assert outcome.memory_mode == "cpu" and outcome.reward_runs == 0
     assert any("reward: from each run (one seed: --reward-seeds 3 applies to reward runs only)" in n for n in notes)
     assert all((tmp_path / "runs" / "real" / "trials" / str(r.number) / "trial.log").is_file() for r in records)
-    assert {r.result.memory_source for r in records} == {"llama-tiny, measured on the CPU (traced, simulator), 4 iterations"}
+    assert {r.result.memory_source for r in records} == {
+        "llama-tiny, measured on the CPU (traced, simulator), 4 iterations"}
     assert {r.result.reward_source for r in records} == {"llama-tiny, 4 steps (this trial)"}
 
 
@@ -129,7 +131,8 @@ def test_a_baseline_that_cannot_be_planned_is_a_clear_error_when_plans_are_asked
         run_search(_settings("unplanned", 2, plan_memory=True))
 
 
-def test_a_failed_reward_run_fails_its_trials_and_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_reward_run_fails_its_trials_and_is_not_retried(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     _host(monkeypatch, 0.5)
     log = tmp_path / "rewards.log"
@@ -162,7 +165,8 @@ def test_gpu_trials_measure_memory_in_a_short_run_and_reward_in_a_reward_run(tmp
 def test_the_corner_trial_takes_every_saver_the_space_offers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     corner = corner_config(ci_space())
     assert corner is not None
-    assert (corner.optimizer.name, corner.optimizer.critic, corner.optimizer.partition.density) == ("frugal", "frugal", 0.0)
+    optimizer = corner.optimizer
+    assert (optimizer.name, optimizer.critic, optimizer.partition.density) == ("frugal", "frugal", 0.0)
     assert corner.memory.offload_reference and corner.memory.offload_reward
     assert corner.memory.actor_gradient_checkpointing
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,16 @@ from autotune.config import TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.memory.report import GiB, MemoryReport, PhaseMemory
 from autotune.result import RewardPoint, TrialRecord, TrialResult
-from autotune.tuner.recommend import (Policy, pareto_front, recommend, recommend_study, store_policy, stored_policy,
-                                      summary, write_outputs)
+from autotune.tuner.recommend import (
+    Policy,
+    pareto_front,
+    recommend,
+    recommend_study,
+    store_policy,
+    stored_policy,
+    summary,
+    write_outputs,
+)
 
 
 def _rec(number: int, reward: float | None, peak_gb: float, *, frag: float = 0.1, feasible: bool = True,
@@ -184,7 +192,8 @@ def test_summary_gives_the_kept_gain_and_its_learning_curve() -> None:
     untrained = (0.125, 0.125)
     base = _rec(0, 0.40, 10.0, reason="baseline",
                 points=_seeds((0, untrained), (8, (0.30, 0.30)), (16, (0.38, 0.37)), (32, (0.41, 0.39))))
-    corner = _rec(1, 0.39, 3.0, points=_seeds((0, untrained), (8, (0.20, 0.21)), (16, (0.30, 0.31)), (32, (0.40, 0.38))))
+    corner = _rec(1, 0.39, 3.0,
+                  points=_seeds((0, untrained), (8, (0.20, 0.21)), (16, (0.30, 0.31)), (32, (0.40, 0.38))))
     text = summary(recommend([base, corner], policy="min-memory"))
     assert "reward gain     keeps 0.96 ± 0.00 of the baseline's gain" in text
     assert "at step 8" in text and "at step 32" in text and "still catching up" in text

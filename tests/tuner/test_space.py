@@ -43,7 +43,8 @@ OBJ = "objectives: [{metric: reward, direction: maximize}]\n"
     ("dimensions: {memory.zero_stage: [0, 5]}\n" + OBJ, "dimensions.memory.zero_stage", "must be 0, 1, 2 or 3"),
     ("dimensions: {memory.empty_cache_after.lunch: [false, true]}\n" + OBJ,
      "dimensions.memory.empty_cache_after.lunch", "unknown dimension"),
-    ("dimensions: {}\nobjectives: [{metric: happiness, direction: maximize}]\n", "objectives[0].metric", "unknown metric"),
+    ("dimensions: {}\nobjectives: [{metric: happiness, direction: maximize}]\n", "objectives[0].metric",
+     "unknown metric"),
     ("dimensions: {}\n" + OBJ + "constraints: ['peak_reserved_gb <= lots']\n", "constraints[0]", "number or 'budget'"),
 ])
 def test_bad_space_names_file_key_and_reason(tmp_path: Path, body: str, key: str, reason: str) -> None:
@@ -68,7 +69,8 @@ def test_tuple_members_become_one_boolean_each(tmp_path: Path) -> None:
                   "  optimizer.partition.layers.2: [false, true]\n"
                   "  optimizer.partition.layers.0: [false, true]\n" + OBJ)
     space = load_space(path)
-    cfg = apply_params(space, {"memory.empty_cache_after.actor_train": True, "memory.empty_cache_after.generation": True,
+    cfg = apply_params(space,
+                       {"memory.empty_cache_after.actor_train": True, "memory.empty_cache_after.generation": True,
                                "optimizer.partition.layers.2": True, "optimizer.partition.layers.0": True})
     # members come out in the field's own order (PHASES; ascending layer indices)
     assert cfg.memory.empty_cache_after == ("generation", "actor_train")
@@ -79,7 +81,8 @@ def test_tuple_members_become_one_boolean_each(tmp_path: Path) -> None:
 
 
 def test_fixed_values_go_into_the_base(tmp_path: Path) -> None:
-    space = load_space(_write(tmp_path, "dimensions: {memory.zero_stage: 2, memory.static_kv_cache: [false, true]}\n" + OBJ))
+    space = load_space(_write(tmp_path,
+                              "dimensions: {memory.zero_stage: 2, memory.static_kv_cache: [false, true]}\n" + OBJ))
     assert space.base.memory.zero_stage == 2
     assert [d.name for d in space.searched] == ["memory.static_kv_cache"]
 
@@ -95,7 +98,8 @@ def test_suggest_follows_fixed_trial_and_params_round_trip(tmp_path: Path) -> No
     assert (cfg.optimizer.partition.density, cfg.optimizer.partition.update_gap) == (0.3, 50)
     assert params_for(space, cfg) == params
     # a value outside the space is left to the sampler rather than enqueued out of range
-    assert "optimizer.partition.update_gap" not in params_for(space, cfg.replace(**{"optimizer.partition.update_gap": 5}))
+    assert "optimizer.partition.update_gap" not in params_for(space,
+                                                              cfg.replace(**{"optimizer.partition.update_gap": 5}))
 
 
 OBJ2 = "objectives: [{metric: reward, direction: maximize}, {metric: peak_reserved_gb, direction: minimize}]\n"
@@ -127,7 +131,8 @@ DIM = "dimensions: {memory.static_kv_cache: [false, true]}\n"
     (OBJ, "dimensions", "nothing to search"),
     ("dimensions: {memory.zero_stage: 2}\n" + OBJ, "dimensions", "every dimension is fixed"),
 ])
-def test_spaces_that_would_fail_mid_study_are_rejected_at_load(tmp_path: Path, body: str, key: str, reason: str) -> None:
+def test_spaces_that_would_fail_mid_study_are_rejected_at_load(tmp_path: Path, body: str, key: str,
+                                                               reason: str) -> None:
     path = _write(tmp_path, body)
     with pytest.raises(ConfigError) as info:
         load_space(path)

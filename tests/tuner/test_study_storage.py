@@ -122,11 +122,13 @@ def test_a_seed_out_of_numpys_range_is_a_config_error(seed: int) -> None:
 
 
 def _open(name: str, storage: object, dists: dict) -> optuna.Study:
-    return studies.open_study(name, storage, directions=["maximize", "minimize"], objectives=["reward", "peak_reserved_gb"],
+    return studies.open_study(name, storage, directions=["maximize", "minimize"],
+                              objectives=["reward", "peak_reserved_gb"],
                               sampler=None, budget_gb=None, distributions=dists)
 
 
-def test_a_space_that_changed_under_a_study_fails_before_any_ask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_space_that_changed_under_a_study_fails_before_any_ask(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     storage = studies.open_storage(studies.default_storage("changed"))
     study = _open("changed", storage, {})

@@ -4,12 +4,18 @@ argv: the export folder. Run in the environment `accelerate launch --config_file
 gives the process (test_frugal_routes.py builds it with accelerate's own functions). A tiny Llama
 and a word-level tokenizer are built offline. Prints one RESULT line.
 """
-import json, os, sys, yaml, torch
+import json
+import os
+import sys
 from pathlib import Path
+
+import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
+import yaml
 from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
 from trl import GRPOConfig, GRPOTrainer
+
 from autotune import schema
 from autotune.config import OptimizerConfig, PartitionSpec
 from autotune.optim import build_optimizer
@@ -29,10 +35,11 @@ transformers.LlamaForCausalLM(transformers.LlamaConfig(
 model = transformers.AutoModelForCausalLM.from_pretrained(folder / "tiny", dtype=getattr(torch, dtype))
 if fields.get("deepspeed"):
     fields["deepspeed"] = str(folder / fields["deepspeed"])
-args = GRPOConfig(output_dir=str(folder / "out"), report_to="none", max_steps=2, save_strategy="no", use_cpu=os.environ.get("DS_ACCELERATOR") == "cpu",
+args = GRPOConfig(output_dir=str(folder / "out"), report_to="none", max_steps=2, save_strategy="no",
+                  use_cpu=os.environ.get("DS_ACCELERATOR") == "cpu",
                   logging_steps=1, **fields)
 prompts = Dataset.from_dict({"prompt": [" ".join(f"w{(i * 7 + j) % 62}" for j in range(4)) for i in range(16)]})
-reward = lambda completions, **kw: [float(c.count("w3")) for c in completions]
+reward = lambda completions, **kw: [float(c.count("w3")) for c in completions]  # noqa: E731
 trainer_cls = GRPOTrainer
 if (folder / "frugal_partition.yaml").is_file():   # the README's FRUGAL route for TRL
     spec = schema.load_yaml(PartitionSpec, folder / "frugal_partition.yaml")

