@@ -11,9 +11,10 @@ pass any config. What a saver can lose is what training adds, so every compariso
 Standard errors cover the training seed (the spread of the per-seed gains, for two or more seeds)
 and the evaluation prompts (their standard error, which the seeds share). Configs of one study are
 trained at the same seeds, so a difference is taken seed by seed: the seed's luck that both runs
-share cancels out. The spread of a difference is the config's own or the study's pooled one,
-whichever is larger: two seeds give one degree of freedom, and a spread that is small by chance
-would otherwise let a config near the floor pass on one run and fail on a rerun.
+share cancels out. Two seeds give a config's own spread one degree of freedom, so it is shrunk
+toward the study's typical spread (the median over its reward keys), weighted by degrees of freedom,
+as limma's moderated t does: a spread that is small by chance would otherwise let a config near the
+floor pass on one run and fail on a rerun, and one noisy config does not inflate the others'.
 
 Two rules use these figures:
   * learned: the baseline's gain is at least `MIN_LEARNING_Z` standard errors. Below that the
@@ -153,15 +154,28 @@ def paired_variance(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint
 
 def pooled_variance(curves: list[tuple[RewardPoint, ...]],
                     baseline: tuple[RewardPoint, ...]) -> tuple[float, int] | None:
-    """The seed-to-seed variance of a gain difference, pooled over a study's configs.
+    """A study's typical seed-to-seed variance of a gain difference, and the degrees of freedom behind it.
 
     Two seeds give each config's own variance one degree of freedom: by chance it can be tiny, and a
-    config near the floor then passes on one run and fails on the next. Pooled over the study's
-    reward keys the estimate has as many degrees of freedom as keys. Returns (variance, dof).
+    config near the floor then passes on one run and fails on the next. The typical variance is the
+    median over the study's reward keys (one noisy config does not inflate the others'), and its
+    degrees of freedom are all the keys' together. Returns (variance, dof).
     """
     found = [v for c in curves if (v := paired_variance(c, baseline)) is not None]
     dof = sum(d for _, d in found)
-    return (sum(var * d for var, d in found) / dof, dof) if dof else None
+    return (statistics.median(var for var, _ in found), dof) if dof else None
+
+
+def moderated_variance(own: float, own_dof: int, pooled: tuple[float, int] | None) -> tuple[float, float]:
+    """A config's seed variance shrunk toward the study's typical one, weighted by degrees of freedom
+    (the moderated variance of limma's moderated t): (variance, dof)."""
+    if pooled is None:
+        return own, own_dof
+    typical, total_dof = pooled
+    others = max(total_dof - own_dof, 0)    # the pool includes this config's own degrees of freedom
+    if others == 0:
+        return own, own_dof
+    return (others * typical + own_dof * own) / (others + own_dof), others + own_dof
 
 
 def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], index: int = -1, *,
@@ -169,9 +183,8 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
     """The share of the baseline's gain that a config keeps at `index` of both curves.
 
     The difference of the gains is taken seed by seed where both ran the same seeds; its variance
-    over seeds is the config's own or, where larger, the study's `pooled` one (`pooled_variance`),
-    with the pooled degrees of freedom. Its SE and the baseline gain's SE go through the ratio by
-    the delta method.
+    over seeds is the config's own, moderated toward the study's typical one (`pooled_variance`,
+    `moderated_variance`). Its SE and the baseline gain's SE go through the ratio by the delta method.
     """
     base = gain_at(baseline, index)
     if base is None or len(config) < 2 or base.value <= 0:
@@ -182,10 +195,10 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
     if paired:
         diffs = [a - b for a, b in zip(mine, theirs)]
         prompt_se = math.hypot(config[index].prompt_se, baseline[index].prompt_se)
-        own_var, dof = (statistics.variance(diffs), len(diffs) - 1) if len(diffs) > 1 else (0.0, math.inf)
-        if pooled is not None and len(diffs) > 1:
-            own_var, dof = max(own_var, pooled[0]), max(dof, pooled[1])
-        diff = Estimate(value=statistics.fmean(diffs), se=math.sqrt(own_var / len(diffs) + prompt_se ** 2), dof=dof)
+        seed_var, dof = 0.0, math.inf       # one seed: the prompts' (large-sample) SE alone
+        if len(diffs) > 1:
+            seed_var, dof = moderated_variance(statistics.variance(diffs), len(diffs) - 1, pooled)
+        diff = Estimate(value=statistics.fmean(diffs), se=math.sqrt(seed_var / len(diffs) + prompt_se ** 2), dof=dof)
     else:   # different seed counts: independent estimates
         own = Estimate(value=statistics.fmean(mine),
                        se=_se(mine, math.hypot(config[0].prompt_se, config[index].prompt_se)))

@@ -175,6 +175,25 @@ def test_a_spread_that_is_small_by_chance_gives_way_to_the_studys_pooled_one() -
     assert not pooled.rule.keeps(lucky) and pooled.rule.undecided(lucky) and pooled.record.number == 0
 
 
+def test_one_noisy_config_does_not_widen_the_others_bounds() -> None:
+    from autotune.tuner import gain
+
+    untrained = (0.125, 0.125)
+    base = _rec(0, 0.40, 10.0, reason="baseline", points=_seeds((0, untrained), (32, (0.41, 0.39))))
+    steady = [_rec(1, 0.40, 3.0, points=_seeds((0, untrained), (32, (0.42, 0.38)))),
+              _rec(2, 0.40, 4.0, points=_seeds((0, untrained), (32, (0.40, 0.40)))),
+              _rec(3, 0.40, 5.0, points=_seeds((0, untrained), (32, (0.425, 0.375))))]
+    chaotic = _rec(4, 0.40, 6.0, points=_seeds((0, untrained), (32, (0.60, 0.20))))
+    calm = recommend([base, *steady], policy="min-memory").rule
+    noisy = recommend([base, *steady, chaotic], policy="min-memory").rule
+    assert calm is not None and noisy is not None
+    # the typical spread is the median over keys: the chaotic key barely moves the others' bounds ...
+    assert noisy.kept(steady[0]).se == pytest.approx(calm.kept(steady[0]).se, rel=0.3)
+    # ... while its own bound stays as wide as its own seeds say
+    assert noisy.kept(chaotic).se > 3 * noisy.kept(steady[0]).se
+    assert gain.moderated_variance(0.0, 1, (0.01, 4)) == (pytest.approx(0.0075), 4)
+
+
 def test_a_baseline_that_did_not_learn_leaves_the_choice_to_memory_and_says_so() -> None:
     base = _rec(0, 0.1317, 46.0, reason="baseline", initial=0.1251, points=_seeds((0, (0.1251, 0.1251)),
                                                                                    (8, (0.1317, 0.1297))))
