@@ -375,7 +375,10 @@ def _rule_doc(rule: RewardRule | None) -> dict[str, object] | None:
         return None
     learning = rule.learning
     return {"judged": rule.judged, "floor": rule.floor, "reference": rule.reference_name,
-            "min_learning_z": gain.MIN_LEARNING_Z, "bound_z": gain.BOUND_Z,
+            "min_learning_z": gain.MIN_LEARNING_Z,
+            "bound": "kept - t(97.5%, dof) x SE (2 x SE where the SE is the prompts' alone)",
+            "typical_seed_variance": None if rule.pooled is None else rule.pooled[0],
+            "typical_seed_variance_dof": None if rule.pooled is None else rule.pooled[1],
             "reference_gain": None if learning is None else learning.gain.value,
             "reference_gain_se": None if learning is None else learning.gain.se,
             "reference_gain_z": None if learning is None else learning.gain.z,
