@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 from autotune import schema
+from autotune.attrs import (  # re-exported: autotune.result is where importers found them
+    USER_ATTR_CONFIG as USER_ATTR_CONFIG,
+    USER_ATTR_REASON as USER_ATTR_REASON,
+    USER_ATTR_RESULT as USER_ATTR_RESULT,
+)
 from autotune.config import TrialConfig
 from autotune.memory.report import MemoryReport
 
@@ -154,7 +159,7 @@ class TrialRecord:
     """One finished study trial as the tuner, the tracker and the exporters see it.
 
     The tuner stores `config`, `result` and `advisor_reason` in the Optuna trial's user attributes
-    (keys in `USER_ATTR_*`), so any process can rebuild records from the storage alone.
+    (keys in `autotune.attrs`), so any process can rebuild records from the storage alone.
     """
 
     number: int
@@ -164,7 +169,3 @@ class TrialRecord:
     feasible: bool = True
     advisor_reason: str | None = None    # why the advisor proposed it; "baseline" for the baseline trial
 
-
-USER_ATTR_CONFIG = "autotune.config"
-USER_ATTR_RESULT = "autotune.result"
-USER_ATTR_REASON = "autotune.advisor_reason"

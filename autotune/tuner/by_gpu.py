@@ -119,8 +119,9 @@ def by_gpu(records: list[TrialRecord], *, budget_gb: float | None = None, min_re
 def by_gpu_study(study: optuna.Study, records: list[TrialRecord] | None = None,
                  extra_gb: tuple[float, ...] = ()) -> list[GpuRow]:
     """`by_gpu` of a stored study, with its stored budget and reward rule (plus rows for `extra_gb`)."""
+    from autotune.attrs import STUDY_ATTR_BUDGET
     from autotune.tuner.recommend import stored_policy
-    from autotune.tuner.study import STUDY_ATTR_BUDGET, records_of
+    from autotune.tuner.study import records_of
 
     policy = stored_policy(study)
     return by_gpu(records_of(study) if records is None else records,

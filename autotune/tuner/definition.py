@@ -13,10 +13,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from autotune.attrs import STUDY_ATTR_DEFINITION
 from autotune.config import flatten
 from autotune.errors import ConfigError
 
-STUDY_ATTR_DEFINITION = "autotune.definition"
 # Where a trial runs, not what it measures: a GPU box and a CPU box may join one study. The CPU's
 # simulated device size is the budget, which is an item of its own.
 _PLACEMENT = ("device", "device_memory_gb")

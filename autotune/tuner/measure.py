@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autotune.attrs import STUDY_ATTR_BASELINE_PLAN, STUDY_ATTR_REWARD_STEPS
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError
 from autotune.result import Status, TrialResult
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STUDY_ATTR_BASELINE_PLAN = "autotune.baseline_plan"   # the baseline's full-size plan (TrialResult dict)
-STUDY_ATTR_REWARD_STEPS = "autotune.reward_steps"     # the reward runs' length, settled once per study
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autotune import files
+from autotune.attrs import STUDY_ATTR_BASELINE_PLAN, STUDY_ATTR_BUDGET, STUDY_ATTR_POLICY
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import TrialRecord, TrialResult
 from autotune.tuner import gain
@@ -41,7 +42,6 @@ if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
 
 POLICIES = ("fastest", "max-reward", "min-memory")
 REFERENCES = ("baseline", "best")
-STUDY_ATTR_POLICY = "autotune.policy"
 TIE_STANDARD_ERRORS = 2.0
 # The share of the baseline's reward gain a saver must keep, at its lower bound. Measured on the
 # default proxy (llama-tiny-16, 64 steps, 2 seeds; docs/RESULTS.md section 3a): a config whose seeds
@@ -307,8 +307,7 @@ def recommend_study(study: optuna.Study, records: list[TrialRecord] | None = Non
     Raises:
         NoFeasibleTrialError: when no trial is feasible within the budget.
     """
-    from autotune.tuner.measure import STUDY_ATTR_BASELINE_PLAN
-    from autotune.tuner.study import STUDY_ATTR_BUDGET, records_of
+    from autotune.tuner.study import records_of
 
     records = records_of(study) if records is None else records
     policy = stored_policy(study)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import io
 import logging
 
+from autotune.attrs import STUDY_ATTR_BUDGET
 from autotune.errors import NoFeasibleTrialError, TrackingError
 from autotune.result import TrialRecord
 from autotune.tuner.recommend import Recommendation, pareto_front, recommend_study
-from autotune.tuner.study import STUDY_ATTR_BUDGET, load_study, records_of, study_dir
+from autotune.tuner.study import load_study, records_of, study_dir
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from autotune.attrs import STUDY_ATTR_REWARD_PREFIX
 from autotune.errors import ConfigError
 from autotune.rlhf.reward_run import RewardOutcome
 
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
-
-ATTR_PREFIX = "autotune.reward."
 
 
 class RewardCache:
@@ -34,7 +33,7 @@ class RewardCache:
 
     def get(self, key: str) -> RewardOutcome | None:
         """The stored outcome of `key` (ok or failed), or None when no run has finished for it."""
-        stored = self.study.user_attrs.get(ATTR_PREFIX + key)
+        stored = self.study.user_attrs.get(STUDY_ATTR_REWARD_PREFIX + key)
         if stored is None:
             return None
         try:
@@ -46,14 +45,14 @@ class RewardCache:
 
     def put(self, outcome: RewardOutcome) -> None:
         """Store `outcome` under its key (a later outcome for the same key replaces it)."""
-        self.study.set_user_attr(ATTR_PREFIX + outcome.key, outcome.to_dict())
+        self.study.set_user_attr(STUDY_ATTR_REWARD_PREFIX + outcome.key, outcome.to_dict())
 
     def all(self) -> dict[str, RewardOutcome]:
         """Every stored outcome, by key (for reports: reward runs against trials)."""
         outcomes = {}
         for name in self.study.user_attrs:
-            if name.startswith(ATTR_PREFIX):
-                outcome = self.get(name[len(ATTR_PREFIX):])
+            if name.startswith(STUDY_ATTR_REWARD_PREFIX):
+                outcome = self.get(name[len(STUDY_ATTR_REWARD_PREFIX):])
                 if outcome is not None:
                     outcomes[outcome.key] = outcome
         return outcomes

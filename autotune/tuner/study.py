@@ -15,11 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from autotune import schema
+from autotune.attrs import (
+    STUDY_ATTR_BUDGET,
+    STUDY_ATTR_OBJECTIVES,
+    USER_ATTR_CONFIG,
+    USER_ATTR_REASON,
+    USER_ATTR_RESULT,
+)
 from autotune.config import TrialConfig
 from autotune.errors import ConfigError, StorageError, StudyNotFoundError
-from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
+from autotune.result import TrialRecord, TrialResult
 from autotune.tuner.definition import check_definition
 from autotune.tuner.metrics import metric_value
+from autotune.tuner.optuna_internals import rdb_tables
 
 if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
     import optuna
@@ -28,8 +36,6 @@ if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
 
 log = logging.getLogger(__name__)
 
-STUDY_ATTR_OBJECTIVES = "autotune.objectives"     # [metric, ...] in the study's direction order
-STUDY_ATTR_BUDGET = "autotune.budget_gb"
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 MAX_SEED = 2**32 - 1                               # numpy's RandomState, which every sampler seeds
 RUNS_ROOT = Path("runs")
@@ -164,7 +170,7 @@ def _check_sqlite_file(path: Path, url: str) -> None:
     deadline = time.monotonic() + _NEW_FILE_S
     while True:
         tables = _sqlite_tables(path, url)
-        if _OPTUNA_TABLES <= tables or (tables and tables <= _optuna_schema()):
+        if _OPTUNA_TABLES <= tables or (tables and tables <= rdb_tables()):
             return   # a study, or the start of one whose creator was killed half-way: Optuna completes it
         if tables or time.time() - path.stat().st_mtime > _NEW_FILE_S or time.monotonic() > deadline:
             break
@@ -172,13 +178,6 @@ def _check_sqlite_file(path: Path, url: str) -> None:
     what = f"holds other tables ({', '.join(sorted(tables)[:5])})" if tables else "is empty (a truncated file?)"
     raise StorageError(f"storage {url}: {path} exists but is not an Optuna study database: it {what}. "
                        "autotune will not overwrite it; restore it from a backup, or move it away to start afresh")
-
-
-def _optuna_schema() -> set[str]:
-    """Every table an Optuna RDB storage may hold."""
-    from optuna.storages._rdb import models
-
-    return set(models.BaseModel.metadata.tables) | {"alembic_version"}
 
 
 def _sqlite_tables(path: Path, url: str) -> set[str]:
