@@ -126,9 +126,9 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     """
     from autotune.tuner.by_gpu import table_text
     from autotune.tuner.controller import SearchSettings, run_search
-    from autotune.tuner.fidelity import choose_budget, detect_gpus
     from autotune.tuner.launcher import PLAN_COMMAND, REWARD_COMMAND, TRIAL_COMMAND, Launcher
     from autotune.tuner.progress import SearchProgress
+    from autotune.tuner.search_plan import plan_search
     from autotune.tuner.space import load_space
     from autotune.tuner.study import study_dir
 
@@ -137,44 +137,26 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
     study = study if study is not None else default_study_name(model)   # --study "" is refused, not the default
     writable_dir(study_dir(study), "--study")    # outputs go there: fail now, not after the last trial
     space = load_space(space_path).rebase({"model.actor": model})
-    if world_size is not None:
-        if gpus and world_size != gpus_per_trial:
-            raise ConfigError(f"--world-size {world_size} disagrees with --gpus-per-trial {gpus_per_trial}; "
-                              "with --gpus, give --gpus-per-trial only")
-        space = space.rebase({"world_size": world_size})
-    if gpus_per_trial > 1 and not gpus:
-        raise ConfigError("--gpus-per-trial needs --gpus; on the CPU use --world-size")
-    devices = _gpus(gpus)
-    if devices and not detect_gpus():
-        # the trials would run on the CPU while every line and recommended.yaml said "measured on the GPU"
-        raise ConfigError(f"--gpus {gpus}: CUDA is not available on this machine (PyTorch sees no GPU); "
-                          "leave out --gpus to run the trials on the CPU")
-    if not devices and space.base.device == "cuda":
-        devices = detect_gpus()
-        if not devices:
-            # no GPU: trials run on (or are planned for) the CPU, the budget as the simulated device size
-            space = space.rebase({"device": "cpu"})
-    budget = choose_budget(budget_gb if budget_gb is not None else space.budget_gb, devices,
-                           source="--budget-gb" if budget_gb is not None else f"budget_gb in {space_path}")
-    click.echo(budget.note)   # the first line: an assumed budget must be seen before any figure
     launcher = Launcher(trial_command=tuple(shlex.split(trial_command)) if trial_command else TRIAL_COMMAND,
                         plan_command=tuple(shlex.split(plan_command)) if plan_command else PLAN_COMMAND,
                         reward_command=tuple(shlex.split(reward_command)) if reward_command else REWARD_COMMAND,
                         timeout_s=trial_timeout_s, timeline=timeline)
     settings = SearchSettings(
         study=study, space=space, n_trials=n_trials, storage=storage, timeout_s=timeout_s,
-        budget_gb=budget.gb, gpus=devices, gpus_per_trial=gpus_per_trial, sampler=sampler, seed=seed,
-        prescreen=prescreen, advisor=advisor,
+        budget_gb=budget_gb, gpus=_gpus(gpus), gpus_per_trial=gpus_per_trial, world_size=world_size,
+        sampler=sampler, seed=seed, prescreen=prescreen, advisor=advisor,
         launcher=launcher, heartbeat_interval_s=heartbeat_s, tracking_uri=tracking_uri, track=tracking,
         policy=policy, min_reward_ratio=min_reward_ratio, reward_reference=reward_reference,
         reward_proxy=reward_proxy, reward_seeds=reward_seeds, reward_steps=reward_steps, plan_memory=plan_memory,
         device_class=device_class)
+    plan = plan_search(settings)   # GPUs, CPU fallback, world size and budget: the same decisions as run_search's
+    click.echo(plan.budget.note)   # the first line: an assumed budget must be seen before any figure
     if device_class:   # an unknown class is a one-line error now, not after the first trial
         from autotune.tuner.step_time import device
 
         device(device_class)
     with SearchProgress(n_trials) as progress:
-        outcome = run_search(settings, on_record=progress.update, on_note=progress.note)
+        outcome = run_search(settings, plan=plan, on_record=progress.update, on_note=progress.note)
     settled = f" (+{outcome.settling_runs} that set their length)" if outcome.settling_runs else ""
     shared = (f"; {outcome.reward_runs} reward runs{settled} for {outcome.reward_runs + outcome.reward_hits} rewards"
               if outcome.reward_runs or outcome.reward_hits else "")
@@ -182,7 +164,7 @@ def search(model: str, space_path: Path, n_trials: int, timeout_s: float | None,
                f"controller overhead {outcome.overhead_share:.1%} of trial time")
     table = table_text(list(outcome.by_gpu))
     if outcome.recommendation is None:
-        click.echo(f"no feasible trial within {budget.gb:g} GiB: nothing to recommend "
+        click.echo(f"no feasible trial within {plan.budget.gb:g} GiB: nothing to recommend "
                    "(raise --budget-gb or widen the space)")
         click.echo(table)
         return

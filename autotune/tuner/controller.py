@@ -1,44 +1,48 @@
 """The controller: an Optuna multi-objective study that runs trials, learns from them, and advises.
 
-One worker thread per GPU (one for the CPU) repeats: claim a trial (ask), build its config, run it
-as a subprocess, tell Optuna, log it, and let the advisor queue a targeted follow-up. The stop rule
-counts trials that carry a result in the storage, so any number of workers on any number of
-machines together finish exactly `n_trials`; a trial whose worker died goes stale (heartbeat) and
-is re-queued by Optuna's RetryHeartbeatStaleTrialCallback.
+One worker thread per GPU group (one or more for the CPU) repeats: claim a trial (ask; the claim
+protocol is autotune.tuner.claims), build its config, run it as a subprocess, tell Optuna, log it,
+and let the advisor queue a targeted follow-up. What the trials run on and against which budget is
+autotune.tuner.search_plan; the settings and their checks are autotune.tuner.settings.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
-import math
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autotune import owner, schema
+from autotune import schema
+from autotune.attrs import (  # the owner names are re-exported: tests and older callers import them from here
+    USER_ATTR_CANCELLED,
+    USER_ATTR_CONFIG,
+    USER_ATTR_INVALID,
+    USER_ATTR_OWNER as USER_ATTR_OWNER,
+    USER_ATTR_OWNER_TRIAL as USER_ATTR_OWNER_TRIAL,
+    USER_ATTR_REASON,
+    USER_ATTR_RESULT,
+)
 from autotune.config import MemoryConfig, TrialConfig
 from autotune.errors import ConfigError, NoFeasibleTrialError
-from autotune.result import USER_ATTR_CONFIG, USER_ATTR_REASON, USER_ATTR_RESULT, TrialRecord, TrialResult
-from autotune.rlhf.reward_run import DEFAULT_REWARD_SEEDS, MAX_REWARD_SEEDS, MAX_REWARD_STEPS
+from autotune.result import TrialRecord, TrialResult
 from autotune.tuner import advisor, step_time, study as studies
 from autotune.tuner.by_gpu import GpuRow, by_gpu, table_markdown
+from autotune.tuner.claims import Claims, ClaimState
 from autotune.tuner.convergence import progress_metrics
 from autotune.tuner.definition import study_definition
-from autotune.tuner.fidelity import choose_budget
 from autotune.tuner.interrupts import deferred_signals, signals_to_flag
-from autotune.tuner.launcher import Launcher, end_all
+from autotune.tuner.launcher import end_all
 from autotune.tuner.measure import Measurer
+from autotune.tuner.optuna_internals import trial_id
 from autotune.tuner.recommend import (
-    DEFAULT_MIN_KEPT,
     Policy,
     Recommendation,
     recommend_study,
@@ -47,49 +51,24 @@ from autotune.tuner.recommend import (
     write_outputs,
 )
 from autotune.tuner.scoring import score
+from autotune.tuner.search_plan import (  # gpu_groups and with_budget re-exported for their importers
+    SearchPlan,
+    gpu_groups as gpu_groups,
+    plan_search,
+    with_budget as with_budget,
+)
+from autotune.tuner.settings import SearchSettings
 from autotune.tuner.space import SearchSpace, apply_params, distributions, params_for, suggest
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.trial import FrozenTrial
 
 log = logging.getLogger(__name__)
 
-USER_ATTR_SURPLUS = "autotune.surplus"    # claimed after the study was full; never ran
-USER_ATTR_CANCELLED = "autotune.cancelled"
-USER_ATTR_INVALID = "autotune.invalid"    # the sampled combination failed validation; why
-USER_ATTR_OWNER = "autotune.owner"        # the controller running the trial: see autotune.owner
-USER_ATTR_OWNER_TRIAL = "autotune.owner_trial"   # the trial number USER_ATTR_OWNER was written for
 _WAIT_S = 0.5
 _KILL_WAIT_S = 15.0     # how long an interrupted run waits for its workers to end their trials
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchSettings:
-    """One `autotune search` invocation."""
-
-    study: str
-    space: SearchSpace
-    n_trials: int = 12
-    storage: str | None = None              # None: sqlite:///runs/<study>/optuna.db
-    timeout_s: float | None = None          # for the whole search; trials then in flight finish
-    budget_gb: float | None = None          # None: the space's budget_gb
-    gpus: tuple[str, ...] = ()              # empty: one trial at a time on the CPU
-    gpus_per_trial: int = 1                 # GPUs (ranks) of one trial; `gpus` splits into groups of this size
-    sampler: str = "tpe"
-    seed: int | None = None
-    prescreen: bool = True                  # `autotune plan` before each GPU trial
-    advisor: bool = True
-    launcher: Launcher = field(default_factory=Launcher)
-    heartbeat_interval_s: int = 10
-    grace_period_s: int | None = None       # None: Optuna's default, two intervals
-    tracking_uri: str | None = None
-    track: bool = True
-    policy: str = "fastest"                 # see autotune.tuner.recommend
-    min_reward_ratio: float = DEFAULT_MIN_KEPT   # fastest, min-memory: the share of the baseline's reward gain to keep
-    reward_reference: str = "baseline"      # min-memory measures the ratio against "baseline" or "best"
-    reward_proxy: str | None = None         # None: fidelity's choice (the full model where it runs)
-    reward_seeds: int = DEFAULT_REWARD_SEEDS   # training seeds each reward run averages
-    reward_steps: int | None = None         # None: from DEFAULT_REWARD_STEPS, doubled until the baseline learns
-    cpu_workers: int = 2                    # parallel planned trials without GPUs (each single-threaded)
-    plan_memory: bool = False               # plan every trial's memory even where the host could run it
-    device_class: str | None = None         # step-time predictions' device (step_time.DEVICES); None: the budget's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,18 +91,6 @@ class SearchOutcome:
     def overhead_share(self) -> float:
         """Controller time outside trial subprocesses, as a share of trial time."""
         return (self.trial_wall_s - self.subprocess_s) / self.subprocess_s if self.subprocess_s else 0.0
-
-
-def gpu_groups(gpus: tuple[str, ...], per_trial: int) -> tuple[str, ...]:
-    """`gpus` cut into consecutive groups of `per_trial`, each as CUDA_VISIBLE_DEVICES text ("0,1").
-
-    Raises:
-        ConfigError: the GPUs do not split evenly, so one would sit idle.
-    """
-    if len(gpus) % per_trial:
-        raise ConfigError(f"--gpus lists {len(gpus)} GPUs, which do not split into groups of --gpus-per-trial "
-                          f"{per_trial}; list a multiple of {per_trial}")
-    return tuple(",".join(gpus[i:i + per_trial]) for i in range(0, len(gpus), per_trial))
 
 
 def baseline_config(space: SearchSpace) -> TrialConfig:
@@ -166,34 +133,6 @@ def corner_config(space: SearchSpace) -> TrialConfig | None:
         return None
 
 
-def with_budget(space: SearchSpace, budget_gb: float | None) -> SearchSpace:
-    """Simulated devices (cpu, fake) get the budget as their capacity, so over-budget runs OOM."""
-    if budget_gb is None or space.base.device == "cuda":
-        return space
-    return space.rebase({"device_memory_gb": budget_gb})
-
-
-def _check_numbers(settings: SearchSettings) -> None:
-    """Every number of the settings finite and in range, before anything runs (nan passes any
-    comparison-based check, and `timeout_s=nan` used to mean no timeout at all)."""
-    problems = []
-    for key in ("budget_gb", "timeout_s", "min_reward_ratio", "grace_period_s"):
-        value = getattr(settings, key)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            problems.append(f"{key}: must be a positive, finite number, got {value}")
-    if not 1 <= settings.reward_seeds <= MAX_REWARD_SEEDS:
-        problems.append(f"reward_seeds: must be 1 to {MAX_REWARD_SEEDS}, got {settings.reward_seeds}")
-    if settings.reward_steps is not None and not 1 <= settings.reward_steps <= MAX_REWARD_STEPS:
-        problems.append(f"reward_steps: must be 1 to {MAX_REWARD_STEPS}, got {settings.reward_steps}")
-    if not settings.min_reward_ratio <= 1:
-        problems.append(f"min_reward_ratio: must be at most 1, got {settings.min_reward_ratio}")
-    if settings.launcher.timeout_s is not None and not (math.isfinite(settings.launcher.timeout_s)
-                                                        and settings.launcher.timeout_s > 0):
-        problems.append(f"trial timeout: must be a positive, finite number, got {settings.launcher.timeout_s}")
-    if problems:
-        raise ConfigError(problems, source="search settings")
-
-
 def _definition(space: SearchSpace, settings: SearchSettings, budget_gb: float) -> dict[str, object]:
     """What defines this study (autotune.tuner.definition): a resume or a joining worker must match it."""
     return study_definition(directions={o.metric: o.direction for o in space.objectives},
@@ -202,40 +141,29 @@ def _definition(space: SearchSpace, settings: SearchSettings, budget_gb: float) 
                                         "steps": settings.reward_steps})
 
 
-def _check_models(base: TrialConfig, proxy: str | None = None) -> None:
-    """Fail before any study or trial exists when a model is neither a preset nor a local folder, or
-    the task or prompts file is unusable; otherwise every trial would start, fail the same way, and
-    leave an empty study behind."""
-    from autotune.rlhf.models import check_model  # imports transformers: once per search, not per trial
-    from autotune.rlhf.tasks import TASKS, read_prompts
-
-    for name in dict.fromkeys((base.model.actor, base.model.critic_name, base.model.reference_name,
-                               base.model.reward_name, proxy)):
-        if name is not None:
-            check_model(name)
-    if base.workload.task not in TASKS:
-        raise ConfigError(f"workload.task: unknown task {schema.show(base.workload.task)}; "
-                          f"choose one of {', '.join(TASKS)}")
-    if base.workload.prompts_file is not None:
-        read_prompts(base.workload.prompts_file)
-
-
 class Controller:
     """Runs one search invocation against a (possibly shared) study. Use `run()` once."""
 
-    def __init__(self, settings: SearchSettings, *,
+    def __init__(self, settings: SearchSettings, *, plan: SearchPlan | None = None,
                  on_record: Callable[[TrialRecord, list[TrialRecord]], None] | None = None,
                  on_note: Callable[[str], None] | None = None):
-        _check_numbers(settings)
-        _check_models(settings.space.base, settings.reward_proxy)
+        """
+        Args:
+            settings: The invocation.
+            plan: `plan_search(settings)`, when the caller made it already (the CLI prints its
+                budget line first); None: made here.
+            on_record: Called with each new record and the study's records.
+            on_note: Called with each one-line note the measurement makes.
+        """
+        settings.check()
+        if plan is not None and plan.settings is not settings:
+            raise ValueError("the search plan was made from other settings")
         self.settings = settings
-        given = settings.budget_gb if settings.budget_gb is not None else settings.space.budget_gb
-        self.budget = choose_budget(given, settings.gpus)   # never missing: the GPU's size or a stated default
+        self.plan = plan if plan is not None else plan_search(settings)
+        self.budget = self.plan.budget
         self.budget_gb: float = self.budget.gb
-        self.space = with_budget(settings.space, self.budget_gb)
-        self.gpu_groups = gpu_groups(settings.gpus, settings.gpus_per_trial)
-        if settings.gpus_per_trial > 1:      # each trial's ranks are the GPUs of its group
-            self.space = self.space.rebase({"world_size": settings.gpus_per_trial})
+        self.space = self.plan.space
+        self.gpu_groups = self.plan.gpu_groups
         self.storage_url = settings.storage or studies.default_storage(settings.study)
         sampler = studies.make_sampler(settings.sampler, settings.seed)   # a bad seed fails before any file exists
         with deferred_signals():   # Optuna creates its tables in steps: a Ctrl-C waits until they all exist
@@ -251,7 +179,7 @@ class Controller:
         self.cancel = threading.Event()
         self.measurer = Measurer(study=self.study, out_dir=studies.study_dir(settings.study),
                                  launcher=settings.launcher,
-                                 budget_gb=self.budget_gb, gpus=settings.gpus, prescreen=settings.prescreen,
+                                 budget_gb=self.budget_gb, gpus=self.plan.gpus, prescreen=settings.prescreen,
                                  reward_proxy=settings.reward_proxy, cancel=self.cancel, on_note=on_note,
                                  force_planned=settings.plan_memory, reward_seeds=settings.reward_seeds,
                                  reward_steps=settings.reward_steps, device_class=settings.device_class)
@@ -264,11 +192,12 @@ class Controller:
         self._timings: list[tuple[float, float]] = []
         self._errors: list[BaseException] = []
         self._outputs: tuple[Path | None, Path | None] = (None, None)
-        self._deadline = None if settings.timeout_s is None else time.monotonic() + settings.timeout_s
         self._signals: list[int] = []
         self._busy = 0                     # workers still running
         self._all_done = threading.Event()
-        self._grace_s = settings.grace_period_s or 2 * settings.heartbeat_interval_s
+        self.claims = Claims(self.study, self.storage, n_trials=settings.n_trials,
+                             grace_s=settings.grace_period_s or 2 * settings.heartbeat_interval_s,
+                             deadline=None if settings.timeout_s is None else time.monotonic() + settings.timeout_s)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:
@@ -330,13 +259,14 @@ class Controller:
     def _worker(self, gpu: str | None) -> None:
         try:
             while not self.cancel.is_set():
-                claimed = self._claim()
-                if claimed is None:
+                with self.lock:
+                    claim = self.claims.claim(before_ask=self._enqueue_next_proposal)
+                if claim.state == ClaimState.DONE:
                     return
-                if claimed == "wait":
+                if claim.trial is None:   # ClaimState.WAIT
                     self.cancel.wait(_WAIT_S)
                     continue
-                self._run_one(claimed, gpu)
+                self._run_one(claim.trial, gpu)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
             self._errors.append(exc)
             self.cancel.set()
@@ -346,107 +276,28 @@ class Controller:
                 if self._busy == 0:
                     self._all_done.set()
 
-    def _claim(self) -> Any:
-        """The next trial to run, "wait" while others finish the last ones, or None when done."""
-        from optuna.exceptions import ExperimentalWarning
-        from optuna.storages import fail_stale_trials
-        from optuna.trial import TrialState
-
-        n = self.settings.n_trials
-        with self.lock, warnings.catch_warnings():
-            # The controller beats and fails stale trials itself, as it uses ask/tell rather than
-            # Study.optimize; Optuna warns about exactly that, and that heartbeats are experimental.
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-            fail_stale_trials(self.study)
-            self._fail_orphans()
-            trials = self.study.get_trials(deepcopy=False)
-            done = sum(USER_ATTR_RESULT in t.user_attrs for t in trials if t.state.is_finished())
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            if done >= n or (self._deadline is not None and time.monotonic() > self._deadline):
-                return None
-            if done + running >= n:
-                return "wait"
-            self._enqueue_next_proposal(trials)
-            trial = self.study.ask()
-            # owned and beating from the first moment, so a controller that dies now leaves a trial
-            # the next run recognises as orphaned (see _fail_orphans)
-            trial.set_user_attr(USER_ATTR_OWNER, owner.this_process())
-            trial.set_user_attr(USER_ATTR_OWNER_TRIAL, trial.number)   # after the owner: see _fail_orphans
-            self.storage.record_heartbeat(trial._trial_id)
-            if self._claims_before(trial.number) >= n:
-                self._release(trial, USER_ATTR_SURPLUS, requeue=True)
-                return "wait"
-            if self._duplicate_baseline(trial):
-                self._release(trial, USER_ATTR_SURPLUS, requeue=False)
-                return "wait"
-            return trial
-
-    def _fail_orphans(self) -> None:
-        """Fail, and re-queue, RUNNING trials that no live controller runs.
-
-        Optuna's heartbeat only sees trials that beat at least once; a controller killed between
-        ask() and its first beat left a trial RUNNING forever, and every later run waited for it.
-        A trial is orphaned when its owner ran on this host and has exited, or when it has no owner
-        of its own and is older than the heartbeat grace period. A re-queued copy carries the dead
-        owner of the trial it retries until the worker that asked it writes over it; the owner is
-        its own only once USER_ATTR_OWNER_TRIAL (written after the owner) names this trial.
-        """
-        from optuna.trial import TrialState
-
-        now = datetime.datetime.now()
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            holder = trial.user_attrs.get(USER_ATTR_OWNER)
-            if holder is not None and trial.user_attrs.get(USER_ATTR_OWNER_TRIAL) == trial.number:
-                orphaned = owner.is_dead(str(holder))
-            else:
-                orphaned = (now - (trial.datetime_start or now)).total_seconds() > self._grace_s
-            if orphaned and self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                log.warning("trial %d: its controller (%s) is gone; failed and re-queued", trial.number, holder)
-                callback = self.storage.get_heartbeat_stale_trial_callback()
-                if callback is not None:
-                    callback(self.study, self.storage.get_trial(trial._trial_id))
-
-    def _duplicate_baseline(self, trial: Any) -> bool:
-        """Two workers starting one study at once both queue a baseline; the first one counts."""
-        if trial.user_attrs.get(USER_ATTR_REASON) != "baseline":
-            return False
-        from optuna.trial import TrialState
-
-        # a stale or released baseline (failed without a result) was re-queued and does not count
-        return any(t.number < trial.number and t.user_attrs.get(USER_ATTR_REASON) == "baseline"
-                   and not (t.state == TrialState.FAIL and USER_ATTR_RESULT not in t.user_attrs)
-                   for t in self.study.get_trials(deepcopy=False))
-
-    def _claims_before(self, number: int) -> int:
-        from optuna.trial import TrialState
-
-        return sum(t.number < number and (t.state == TrialState.RUNNING or USER_ATTR_RESULT in t.user_attrs)
-                   for t in self.study.get_trials(deepcopy=False))
-
-    def _run_one(self, trial: Any, gpu: str | None) -> None:
+    def _run_one(self, trial: optuna.Trial, gpu: str | None) -> None:
         start = time.perf_counter()
         config, reason = self._config_for(trial)
         trial.set_user_attr(USER_ATTR_REASON, reason)
         trial_dir = self.trials_dir / str(trial.number)
-        # Optuna has no public trial id; the storage's heartbeat API is keyed by it
         try:
-            with _heartbeat(self.storage, trial._trial_id, self.settings.heartbeat_interval_s):
+            with _heartbeat(self.storage, trial_id(trial), self.settings.heartbeat_interval_s):
                 result, subprocess_s = self._execute(trial, config, trial_dir, gpu)
         except BaseException:
             # e.g. runs/<study>/trials turned read-only: back to the queue, not RUNNING forever
             with self.lock:
-                self._release(trial, USER_ATTR_CANCELLED, requeue=True)
+                self.claims.release(trial, USER_ATTR_CANCELLED, requeue=True)
             raise
         if result is None:       # cancelled: the config goes back to the queue for the resumed run
             with self.lock:
-                self._release(trial, USER_ATTR_CANCELLED, requeue=True)
+                self.claims.release(trial, USER_ATTR_CANCELLED, requeue=True)
             return
         record = self._tell(trial, config, result, reason)
         self._after(record, trial_dir)
         self._timings.append((time.perf_counter() - start, subprocess_s))
 
-    def _config_for(self, trial: Any) -> tuple[TrialConfig, str | None]:
+    def _config_for(self, trial: optuna.Trial) -> tuple[TrialConfig, str | None]:
         """An enqueued (advised, baseline or retried) trial carries its config; else sample one."""
         params = suggest(trial, self.space)
         stored = trial.user_attrs.get(USER_ATTR_CONFIG)
@@ -463,7 +314,7 @@ class Controller:
         trial.set_user_attr(USER_ATTR_CONFIG, config.to_dict())
         return config, None
 
-    def _execute(self, trial: Any, config: TrialConfig, trial_dir: Path,
+    def _execute(self, trial: optuna.Trial, config: TrialConfig, trial_dir: Path,
                  gpu: str | None) -> tuple[TrialResult | None, float]:
         invalid = trial.user_attrs.get(USER_ATTR_INVALID)
         if invalid is not None:
@@ -472,7 +323,7 @@ class Controller:
         measured = self.measurer.measure(config, trial_dir, gpu)
         return measured.result, measured.subprocess_s
 
-    def _tell(self, trial: Any, config: TrialConfig, result: TrialResult, reason: str | None) -> TrialRecord:
+    def _tell(self, trial: optuna.Trial, config: TrialConfig, result: TrialResult, reason: str | None) -> TrialRecord:
         from optuna.trial import TrialState
 
         outcome = score(result, self.space, self.budget_gb)
@@ -512,7 +363,7 @@ class Controller:
         if corner is not None and self.settings.n_trials > 1:
             self._enqueue(corner, CORNER_REASON)
 
-    def _enqueue_next_proposal(self, trials: list[Any]) -> None:
+    def _enqueue_next_proposal(self, trials: list[FrozenTrial]) -> None:
         """Queue one advisor proposal, alternating with sampled trials so neither starves."""
         from optuna.trial import TrialState
 
@@ -534,23 +385,6 @@ class Controller:
     def _enqueue(self, config: TrialConfig, reason: str) -> None:
         self.study.enqueue_trial(params_for(self.space, config),
                                  user_attrs={USER_ATTR_CONFIG: config.to_dict(), USER_ATTR_REASON: reason})
-
-    def _release(self, trial: Any, marker: str, *, requeue: bool) -> None:
-        """End a trial that must not count (surplus, duplicate or cancelled), re-queuing what it carried.
-
-        A sampled surplus trial is not re-queued: the sampler proposes afresh next time.
-        """
-        from optuna.trial import TrialState
-
-        frozen = self.study.get_trials(deepcopy=False)[trial.number]
-        carried = USER_ATTR_CONFIG in frozen.user_attrs and (marker == USER_ATTR_CANCELLED
-                                                              or "fixed_params" in frozen.system_attrs)
-        if requeue and carried:
-            self.study.enqueue_trial(frozen.system_attrs.get("fixed_params", frozen.params), user_attrs={
-                USER_ATTR_CONFIG: frozen.user_attrs[USER_ATTR_CONFIG],
-                USER_ATTR_REASON: frozen.user_attrs.get(USER_ATTR_REASON)})
-        trial.set_user_attr(marker, True)
-        self.study.tell(trial, state=TrialState.FAIL)
 
     # -- the end -------------------------------------------------------------------------------
     def _finish(self) -> SearchOutcome:
@@ -588,7 +422,7 @@ class Controller:
     def _tracking_settings(self) -> dict[str, object]:
         s = self.settings
         return {"study": s.study, "space": self.space.source, "n_trials": s.n_trials, "sampler": s.sampler,
-                "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(s.gpus) or "cpu",
+                "seed": s.seed, "budget_gb": self.budget_gb, "gpus": ",".join(self.plan.gpus) or "cpu",
                 "advisor": s.advisor, "prescreen": s.prescreen, "storage": self.storage_url,
                 "budget_note": self.budget.note, "memory_mode": self.measurer.mode,
                 "reward_proxy": self.measurer.proxy or "none", "reward_seeds": s.reward_seeds,
@@ -597,7 +431,7 @@ class Controller:
 
 
 @contextlib.contextmanager
-def _heartbeat(storage: Any, trial_id: int, interval_s: int) -> Iterator[None]:
+def _heartbeat(storage: RDBStorage, trial_id: int, interval_s: int) -> Iterator[None]:
     """Beat for a running trial, so a dead worker's trial goes stale and is retried elsewhere."""
     stop = threading.Event()
 
@@ -627,5 +461,5 @@ def _open_tracker(settings: SearchSettings, storage_url: str) -> Any:
 
 
 def run_search(settings: SearchSettings, **kwargs: Any) -> SearchOutcome:
-    """Run `autotune search` as a library call; see Controller."""
+    """Run `autotune search` as a library call; see Controller (and plan_search for where trials run)."""
     return Controller(settings, **kwargs).run()

@@ -198,7 +198,7 @@ def test_a_fresh_retry_that_still_carries_its_predecessors_dead_owner_is_left_al
     own.set_user_attr(USER_ATTR_OWNER, _dead_owner())          # its own owner, who has died
     own.set_user_attr(USER_ATTR_OWNER_TRIAL, own.number)
     time.sleep(2.5)   # older than any fixed "owner not written yet" window
-    controller._fail_orphans()
+    controller.claims.fail_orphans()
     states = {t.number: t.state for t in controller.study.trials}
     assert states[copy.number] == optuna.trial.TrialState.RUNNING
     assert states[own.number] == optuna.trial.TrialState.FAIL
