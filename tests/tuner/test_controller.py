@@ -114,6 +114,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
 def test_parallel_gpus_with_prescreening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two "GPUs" run trials side by side; configs predicted over budget never reach a GPU."""
     monkeypatch.chdir(tmp_path)
+    # a two-GPU host, as the search sees it: it refuses listed GPUs that CUDA does not see (search_plan)
+    monkeypatch.setattr("autotune.tuner.fidelity.detect_gpus", lambda: ("0", "1"))
     launcher = Launcher(trial_command=FAKE_COMMAND, plan_command=FAKE_COMMAND, timeout_s=30)
     outcome = run_search(_settings("gpus", 6, gpus=("0", "1"), launcher=launcher))
     records = load_records("gpus")

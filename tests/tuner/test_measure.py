@@ -150,6 +150,8 @@ def test_a_failed_reward_run_fails_its_trials_and_is_not_retried(tmp_path: Path,
 def test_gpu_trials_measure_memory_in_a_short_run_and_reward_in_a_reward_run(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    # a GPU host, as the search sees it: it refuses listed GPUs that CUDA does not see (search_plan)
+    monkeypatch.setattr("autotune.tuner.fidelity.detect_gpus", lambda: ("0",))
     run_search(_settings("gpu", 4, gpus=("0",), budget_gb=1.0))
     records = load_records("gpu")
     ran = [r for r in records if r.result.ok]
