@@ -236,7 +236,9 @@ def run_tuner(settings: QualitySettings, space: Any, seed: int, cache: Path, pro
             outcome = run_search(SearchSettings(
                 study=f"quality-{seed}", space=space, n_trials=settings.n_trials, budget_gb=settings.budget_gb,
                 sampler="tpe", seed=seed, track=False, launcher=launcher, plan_memory=True, reward_proxy=proxy,
-                cpu_workers=1, policy="min-memory", min_reward_ratio=MIN_REWARD_RATIO))
+                cpu_workers=1, policy="min-memory", min_reward_ratio=MIN_REWARD_RATIO,
+                # the grid's reward runs: the space's own length, one seed (the lookups' keys)
+                reward_seeds=1, reward_steps=space.base.workload.steps))
         finally:
             os.chdir(cwd)
     return sorted(outcome.records, key=lambda r: r.number)

