@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from autotune.config import flatten
 from autotune.errors import NoFeasibleTrialError
 from autotune.result import TrialRecord
+from autotune.tracking import knob_labels
 from autotune.tuner.recommend import DEFAULT_MIN_KEPT, find_baseline, recommend
 
 if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
@@ -33,6 +34,7 @@ class GpuRow:
     budget_gb: float
     trial: int | None = None
     savers: tuple[str, ...] = ()            # "key=value" where the config differs from the baseline's
+    label: str = ""                         # the config's knobs in short, e.g. "frugal0+critic ckpt offload-ref"
     peak_gb: float | None = None
     step_time_s: float | None = None
     step_time_source: str = ""
@@ -107,6 +109,7 @@ def by_gpu(records: list[TrialRecord], *, budget_gb: float | None = None, min_re
         kept = rule.kept(rec) if judged and rule is not None else None
         mem = rec.result.memory
         rows.append(GpuRow(budget_gb=gb, trial=rec.number, savers=savers(rec, baseline),
+                           label=" ".join(knob_labels(rec.config)),
                            peak_gb=mem.peak_reserved_gb if mem is not None else None,
                            step_time_s=rec.result.step_time_s, step_time_source=rec.result.step_time_source,
                            baseline_step_time_s=base_step, reward=rec.result.reward, baseline_reward=base_reward,
@@ -152,7 +155,8 @@ def _cells(row: GpuRow) -> list[str]:
     if row.keeps_reward is False:
         kept += " (under the floor: nothing here keeps it)"
     peak = "-" if row.peak_gb is None else f"{row.peak_gb:.1f} GiB"
-    return [f"{row.budget_gb:g} GiB", f"#{row.trial}", peak, step, kept, ", ".join(row.savers) or "none (baseline)"]
+    return [f"{row.budget_gb:g} GiB", f"#{row.trial}", peak, step, kept,
+            "none (baseline)" if not row.savers else row.label or ", ".join(row.savers)]
 
 
 _HEADER = ["GPU", "trial", "planned peak", "step time", "reward gain kept", "savers"]
