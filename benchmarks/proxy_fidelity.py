@@ -40,15 +40,16 @@ logger = logging.getLogger(__name__)
 MODEL = "llama-1b"
 PROXY = "llama-tiny-16"
 REAL = "smollm2-135m"
-# The reward keys of search_spaces/default.yaml, baseline and low-memory corner first.
+# The reward keys of search_spaces/default.yaml: the baseline and the low-memory corner first, then the
+# ones the headline study ran (so that --reuse-study llama-1b finds them).
 KEYS: dict[str, dict[str, object]] = {
     "adamw": {},
     "frugal0-both": {"optimizer.name": "frugal", "optimizer.critic": "frugal", "optimizer.partition.density": 0.0},
-    "frugal0.25-both": {"optimizer.name": "frugal", "optimizer.critic": "frugal", "optimizer.partition.density": 0.25},
     "frugal0-actor": {"optimizer.name": "frugal", "optimizer.partition.density": 0.0},
-    "frugal0-critic": {"optimizer.critic": "frugal", "optimizer.partition.density": 0.0},
     "frugal0.25-actor": {"optimizer.name": "frugal", "optimizer.partition.density": 0.25},
     "frugal0.25-critic": {"optimizer.critic": "frugal", "optimizer.partition.density": 0.25},
+    "frugal0.25-both": {"optimizer.name": "frugal", "optimizer.critic": "frugal", "optimizer.partition.density": 0.25},
+    "frugal0-critic": {"optimizer.critic": "frugal", "optimizer.partition.density": 0.0},
 }
 OUT = RAW_DIR / "proxy_fidelity"
 
