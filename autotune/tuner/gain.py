@@ -122,11 +122,6 @@ def gain_at(curve: tuple[RewardPoint, ...], index: int = -1) -> Estimate | None:
                     se=_se(gains, math.hypot(curve[0].prompt_se, curve[index].prompt_se)))
 
 
-def gain(result: TrialResult) -> Estimate | None:
-    """The trained policy's gain over the untrained one, or None without both scores."""
-    return gain_at(points(result))
-
-
 def learning(result: TrialResult) -> Learning | None:
     """Did the run behind `result` learn? None when it has no scores."""
     return learning_from(points(result))

@@ -122,6 +122,12 @@ class RewardRule:
         found = self.kept(record)
         return found is not None and found.value >= self.floor and not self.keeps(record)
 
+    def describe(self) -> str:
+        """One line on how rewards were judged: the reference's learning check, or why none is compared."""
+        if not self.judged:
+            return f"reward: not compared ({self.why_unjudged()}); this recommendation rests on memory alone"
+        return f"reward runs: {self.reference_name} {self.learning.describe()}"   # type: ignore[union-attr]
+
     def why_unjudged(self) -> str:
         if self.learning is None:
             return "the reward runs have no untrained score to measure a gain from"
@@ -390,13 +396,10 @@ def reward_lines(recommendation: Recommendation) -> list[str]:
     if rule is None or rec.result.reward is None:
         return []
     if not rule.judged:
-        return [f"reward: not compared ({rule.why_unjudged()}); this recommendation rests on memory alone"]
+        return [rule.describe()]
     found = rule.kept(rec)
     kept = "unknown" if found is None else f"{found.describe('.2f')} (lower bound {found.lower:.2f})"
-    lines = [f"reward: keeps {kept} of {rule.reference_name} reward gain; floor {rule.floor:g}"]
-    if rule.learning is not None:
-        lines.append(f"reward runs: {rule.reference_name} {rule.learning.describe()}")
-    return lines
+    return [f"reward: keeps {kept} of {rule.reference_name} reward gain; floor {rule.floor:g}", rule.describe()]
 
 
 def _curve_line(recommendation: Recommendation) -> str | None:

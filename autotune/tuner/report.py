@@ -52,12 +52,9 @@ def front_table(records: list[TrialRecord], recommendation: Recommendation | Non
 
 def _rule_caption(recommendation: Recommendation | None) -> str:
     """How rewards were judged: the kept gain against the floor, or why they were not compared."""
-    if recommendation is None:
+    if recommendation is None or recommendation.rule is None or recommendation.record.result.reward is None:
         return ""
-    from autotune.tuner.recommend import reward_lines
-
-    return "\n".join(reward_lines(recommendation)[1:] if recommendation.rule and recommendation.rule.judged
-                     else reward_lines(recommendation))
+    return recommendation.rule.describe()
 
 
 def _sources_caption(front: list[TrialRecord]) -> str:
