@@ -34,6 +34,11 @@ def cli(verbose: int, debug: bool) -> None:
     """
     global _debug
     _debug = _debug or debug
+    # A trial loads four models, each with its own "Loading weights" bar from a local file in a
+    # fraction of a second: the bars bury autotune's own progress lines and say nothing. Set before
+    # transformers is imported (it reads this once); the trials' subprocesses inherit it. A user's own
+    # setting wins.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -6,9 +6,17 @@ always decodes exactly `gen_len` tokens: forward with a cache, temperature, soft
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import Cache
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """The name the model's forward takes its KV cache under: transformers 5.24 renamed
+    `past_key_values` to `cache` (the old name warns until 5.40), and earlier releases know only the old."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def make_cache(model: torch.nn.Module, *, max_len: int, static: bool) -> Cache:
@@ -36,7 +44,8 @@ def sample(
     """Sample exactly `gen_len` tokens after each prompt.
 
     Args:
-        model: a causal LM taking `input_ids`, `past_key_values`, `cache_position`, `logits_to_keep`.
+        model: a causal LM taking `input_ids`, a KV cache (`cache` or `past_key_values`), `cache_position`
+            and `logits_to_keep`.
         prompts: (B, P) token ids, unpadded (every prompt has the same length).
         gen_len: tokens to sample; there is no early stop.
         temperature: softmax temperature (> 0).
@@ -50,12 +59,13 @@ def sample(
     cache = make_cache(model, max_len=prompt_len + gen_len, static=static_cache)
     positions = torch.arange(prompt_len, device=prompts.device)
     step_input = prompts
+    cache_kwarg = _cache_kwarg(model)
     tokens = []
     for _ in range(gen_len):
         # logits_to_keep=1: only the last position's logits, as HF generate does; the full
         # (B, P, vocab) prompt logits would be a memory spike no real sampler has.
-        out = model(input_ids=step_input, past_key_values=cache, cache_position=positions,
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=step_input, cache_position=positions, use_cache=True, logits_to_keep=1,
+                    **{cache_kwarg: cache})
         probs = torch.softmax(out.logits[:, -1, :].float() / temperature, dim=-1)
         step_input = torch.multinomial(probs, 1, generator=generator)
         tokens.append(step_input)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -109,8 +110,12 @@ def _sample_without_cache(model, prompts, gen_len, generator):
 def test_cached_decode_samples_what_a_full_forward_would(static_cache):
     model = _tiny_lm()
     prompts = torch.randint(0, 97, (3, 5), generator=torch.Generator().manual_seed(1))
-    got = sample(model, prompts, gen_len=7, temperature=1.0, generator=torch.Generator().manual_seed(2),
-                 static_cache=static_cache)
+    with warnings.catch_warnings():
+        # the cache goes under the name this transformers takes: `past_key_values` warns from 5.24
+        # and is to be removed in 5.40
+        warnings.simplefilter("error", FutureWarning)
+        got = sample(model, prompts, gen_len=7, temperature=1.0, generator=torch.Generator().manual_seed(2),
+                     static_cache=static_cache)
     with torch.no_grad():
         want = _sample_without_cache(model, prompts, 7, torch.Generator().manual_seed(2))
     assert got.shape == (3, 7)
