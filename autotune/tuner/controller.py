@@ -399,7 +399,7 @@ class Controller:
         text = None
         if recommendation is not None:
             self._outputs = write_outputs(recommendation, records, studies.study_dir(self.settings.study),
-                                          by_gpu=[row.to_dict() for row in rows])
+                                          by_gpu=[row.to_dict() for row in rows], reward_proxy=self.measurer.proxy)
             text = recommendation_summary(recommendation, self.measurer.device)
         self._close(recommendation, records=records, summary_text=text, rows=rows)
         return SearchOutcome(records=tuple(records), recommendation=recommendation, summary=text, by_gpu=tuple(rows),

@@ -29,6 +29,13 @@ HOST_OVERHEAD_GB = 1.5
 
 MemoryMode = Literal["gpu", "cpu", "planned"]
 
+# What a proxy's reward can and cannot say, printed wherever a study's rewards come from one. The
+# default proxies are random-init presets that learn the task from scratch; whether the user's
+# pretrained model ranks configs alike is not established: SmolLM2-135M does not learn the task in
+# the 16 steps a CPU affords (docs/RESULTS.md, section 3a).
+PROXY_CAVEAT = ("the proxy ranks how configs learn on the proxy; that the model itself ranks them alike is "
+                "not established (docs/RESULTS.md, section 3a)")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:

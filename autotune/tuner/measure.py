@@ -79,6 +79,7 @@ class Measurer:
         if self.gpus:
             self._note(f"memory: short real runs on GPU {','.join(self.gpus)} ({fidelity.MEMORY_ITERATIONS} "
                        f"iterations); reward: {self.proxy or baseline.model.actor} reward runs, one per reward key")
+            self._note_proxy()
             self._settle_reward_steps(baseline, gpu=self.gpus[0])
             return
         plan_dir = self.out_dir / "baseline-plan" / self.worker
@@ -109,7 +110,12 @@ class Measurer:
         reward = f"{self.proxy} proxy" if self.proxy else model
         self._note(f"memory: {fidelity.memory_label(model, 'planned')}, {why} ({need} of host memory needed, "
                    f"{available:.1f} GiB available); reward: {reward} reward runs, one per reward key")
+        self._note_proxy()
         self._settle_reward_steps(baseline, gpu=None)
+
+    def _note_proxy(self) -> None:
+        if self.proxy:
+            self._note(f"reward proxy: {fidelity.PROXY_CAVEAT}")
 
     def _settle_reward_steps(self, baseline: TrialConfig, *, gpu: str | None) -> None:
         """Choose how long every reward run of the study trains: long enough for the baseline to learn.

@@ -34,7 +34,7 @@ from autotune import files
 from autotune.attrs import STUDY_ATTR_BASELINE_PLAN, STUDY_ATTR_BUDGET, STUDY_ATTR_POLICY
 from autotune.errors import ConfigError, NoFeasibleTrialError
 from autotune.result import TrialRecord, TrialResult
-from autotune.tuner import gain
+from autotune.tuner import fidelity, gain
 from autotune.tuner.metrics import MAXIMIZED
 
 if TYPE_CHECKING:   # optuna loads lazily, for `autotune --help`
@@ -352,9 +352,10 @@ def _row(r: TrialRecord, rule: RewardRule | None = None) -> dict[str, object]:
 
 
 def write_outputs(recommendation: Recommendation, records: list[TrialRecord], out_dir: Path, *,
-                  by_gpu: list[dict[str, object]] | None = None) -> tuple[Path, Path]:
+                  by_gpu: list[dict[str, object]] | None = None, reward_proxy: str | None = None) -> tuple[Path, Path]:
     """Write `pareto.json` (the front, the choice and, if given, the per-GPU table of
-    autotune.tuner.by_gpu) and `recommended.yaml` (a full TrialConfig)."""
+    autotune.tuner.by_gpu) and `recommended.yaml` (a full TrialConfig). `reward_proxy`, the model the
+    rewards came from when not the study's own, puts what a proxy cannot establish in both."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pareto_path, yaml_path = out_dir / "pareto.json", out_dir / "recommended.yaml"
     chosen = recommendation.record
@@ -367,10 +368,14 @@ def write_outputs(recommendation: Recommendation, records: list[TrialRecord], ou
         doc["recommended_row"] = _row(chosen, rule)
     if by_gpu is not None:
         doc["by_gpu"] = by_gpu
+    if reward_proxy:
+        doc["reward_proxy"] = {"model": reward_proxy, "caveat": fidelity.PROXY_CAVEAT}
     files.write_text(pareto_path, json.dumps(doc, indent=2) + "\n")
     header = [f"# autotune recommendation: trial #{chosen.number}, policy {recommendation.policy}"]
     header += [f"# {line}" for line in sources(chosen.result).split("; ") if line]
     header += [f"# {line}" for line in reward_lines(recommendation)]
+    if reward_proxy:
+        header.append(f"# reward proxy: {fidelity.PROXY_CAVEAT}")
     files.write_text(yaml_path, "\n".join(header) + "\n" + chosen.config.dump())
     return pareto_path, yaml_path
 

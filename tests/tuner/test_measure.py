@@ -2,6 +2,7 @@
 every result names its sources, and the budget is never missing. Stand-in programs throughout."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,12 @@ def test_reward_runs_double_until_the_baseline_learns(tmp_path: Path, monkeypatc
                for n in notes)
     scored = [r for r in load_records("longer") if r.result.reward_key]
     assert scored and all(r.result.reward_source == "llama-small proxy, 128 steps, 2 seeds" for r in scored)
+    # what a proxy cannot establish is said on the first lines and in both outputs
+    caveat = "reward proxy: the proxy ranks how configs learn on the proxy; that the model itself ranks them alike"
+    assert any(n.startswith(caveat) for n in notes)
+    out = tmp_path / "runs" / "longer"
+    assert f"# {caveat}" in (out / "recommended.yaml").read_text()
+    assert json.loads((out / "pareto.json").read_text())["reward_proxy"]["model"] == "llama-small"
     # a resume trains the same length without settling again
     log.unlink()
     notes.clear()
