@@ -78,9 +78,11 @@ def test_several_ranks_start_through_torchrun():
 
 
 # A stand-in trial for torchrun: rank 1 fails (with a reason, or dies without one); rank 0 waits
-# for it the way the real trial command does.
+# for it the way the real trial command does. Rank 1 fails only once rank 0 has written its own
+# result, as a real rank fails mid-run: dying at start-up would race rank 0's imports, and torchrun
+# could end rank 0 before it wrote anything (seen on a loaded CI box).
 DYING_RANK = textwrap.dedent("""
-    import os, sys
+    import os, sys, time
     from pathlib import Path
     from autotune.result import TrialResult, rank_result_path
     from autotune.rlhf.trial import write_result, write_trial_outputs
@@ -88,6 +90,8 @@ DYING_RANK = textwrap.dedent("""
     rank, how = int(os.environ["RANK"]), os.environ["HOW"]
     result = TrialResult(config_hash="h", status="ok", backend="cpu", world_size=2, rank=rank)
     if rank == 1:
+        while not rank_result_path(out, 0).is_file():
+            time.sleep(0.05)
         if how == "reason":
             write_result(TrialResult(config_hash="h", status="error", backend="cpu", message="boom",
                                      world_size=2, rank=1), rank_result_path(out, 1))
