@@ -44,6 +44,7 @@ class GpuRow:
     kept_gain: float | None = None          # the share of the baseline's reward gain kept (None: not compared)
     kept_gain_se: float | None = None
     keeps_reward: bool | None = None        # passes the non-inferiority test; None where rewards were not compared
+    undecided: bool = False                 # keeps the floor on average but not at its lower bound
     note: str = ""                          # "nothing in the space fits: ..." where no trial does
 
     def to_dict(self) -> dict[str, object]:
@@ -115,7 +116,8 @@ def by_gpu(records: list[TrialRecord], *, budget_gb: float | None = None, min_re
                            baseline_step_time_s=base_step, reward=rec.result.reward, baseline_reward=base_reward,
                            kept_gain=None if kept is None else kept.value,
                            kept_gain_se=None if kept is None else kept.se,
-                           keeps_reward=rule.keeps(rec) if judged and rule is not None else None))
+                           keeps_reward=rule.keeps(rec) if judged and rule is not None else None,
+                           undecided=judged and rule is not None and rule.undecided(rec)))
     return rows
 
 
@@ -152,7 +154,9 @@ def _cells(row: GpuRow) -> list[str]:
     if row.step_time_s is not None and row.baseline_step_time_s:
         step += f" ({row.step_time_s / row.baseline_step_time_s:.2f}x baseline)"
     kept = "not compared" if row.kept_gain is None else f"{row.kept_gain:.2f} ± {row.kept_gain_se or 0:.2f}"
-    if row.keeps_reward is False:
+    if row.undecided:
+        kept += " (undecided: nothing here is shown to keep it; more seeds would settle it)"
+    elif row.keeps_reward is False:
         kept += " (under the floor: nothing here keeps it)"
     peak = "-" if row.peak_gb is None else f"{row.peak_gb:.1f} GiB"
     return [f"{row.budget_gb:g} GiB", f"#{row.trial}", peak, step, kept,

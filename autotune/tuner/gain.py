@@ -206,16 +206,28 @@ def kept_at(config: tuple[RewardPoint, ...], baseline: tuple[RewardPoint, ...], 
 
 
 def kept(config: TrialResult, baseline: TrialResult, *, pooled: tuple[float, int] | None = None) -> Estimate | None:
-    """The share of the baseline's reward gain that `config` keeps (None where it cannot be said)."""
-    if config is baseline:
+    """The share of the baseline's reward gain that `config` keeps (None where it cannot be said).
+
+    A config whose reward run is the baseline's (memory knobs only: the same reward key, so the same
+    shared run, seed for seed) keeps exactly all of it: there is no difference for the study's typical
+    spread to widen.
+    """
+    if config is baseline or _same_run(config, baseline):
         return Estimate(value=1.0, se=0.0)
     return kept_at(points(config), points(baseline), pooled=pooled)
+
+
+def _same_run(config: TrialResult, baseline: TrialResult) -> bool:
+    mine = points(config)
+    return bool(mine) and mine == points(baseline)
 
 
 def kept_curve(config: TrialResult, baseline: TrialResult, *,
                pooled: tuple[float, int] | None = None) -> list[tuple[int, Estimate]]:
     """The kept gain at each scored step both curves share (after step 0)."""
     mine, theirs = points(config), points(baseline)
+    if _same_run(config, baseline):
+        return [(point.step, Estimate(value=1.0, se=0.0)) for point in mine[1:]]
     if len(mine) != len(theirs) or any(a.step != b.step for a, b in zip(mine, theirs)):
         found = kept_at(mine, theirs, pooled=pooled)
         return [] if found is None else [(mine[-1].step, found)]

@@ -58,3 +58,23 @@ def test_tables_show_every_row() -> None:
     assert "1.50x baseline" in text and "predicted (A100-80)" in md
     assert dataclasses.asdict(rows[0])["trial"] == 2 and rows[0].to_dict()["kept_gain"] == pytest.approx(0.9875)
     assert "0.99 ± 0.00" in text
+
+
+def test_a_row_says_whether_its_config_is_under_the_floor_or_undecided() -> None:
+    from tests.tuner.test_recommend import _seeds
+
+    untrained = (0.125, 0.125)
+    base = _rec(0, 0.40, 46.0, reason="baseline", step=2.0, points=_seeds((0, untrained), (64, (0.41, 0.39))))
+    # keeps 0.89 on average, but its seeds disagree with the baseline's: the bound is under 0.8
+    unsure = _with(_rec(1, 0.37, 22.0, step=3.0, points=_seeds((0, untrained), (64, (0.44, 0.30)))),
+                   **{"memory.offload_reference": True})
+    # keeps a third: under the floor whatever the seeds
+    poor = _with(_rec(2, 0.22, 22.0, step=2.5, points=_seeds((0, untrained), (64, (0.23, 0.21)))),
+                 **{"memory.offload_reward": True})
+    undecided, under = by_gpu([base, unsure], budget_gb=80.0), by_gpu([base, poor], budget_gb=80.0)
+    small = row_for(undecided, 24.0)
+    assert small.trial == 1 and small.undecided and small.keeps_reward is False
+    assert "(undecided: nothing here is shown to keep it; more seeds would settle it)" in table_text(undecided)
+    small = row_for(under, 24.0)
+    assert small.trial == 2 and not small.undecided and small.keeps_reward is False
+    assert "(under the floor: nothing here keeps it)" in table_text(under)

@@ -194,6 +194,26 @@ def test_one_noisy_config_does_not_widen_the_others_bounds() -> None:
     assert gain.moderated_variance(0.0, 1, (0.01, 4)) == (pytest.approx(0.0075), 4)
 
 
+def test_a_config_that_shares_the_baselines_reward_run_keeps_exactly_all_of_it() -> None:
+    """Memory knobs do not change the reward key, so such a config reads the baseline's own run: its
+    kept gain is 1 with no error, however wide the study's typical spread (a rerun at seeds 10 and 11
+    showed AdamW + offloads as "1.00 ± 0.15, under the floor" before this held)."""
+    from autotune.tuner import gain
+
+    untrained = (0.125, 0.125)
+    base_points = _seeds((0, untrained), (16, (0.25, 0.20)), (32, (0.41, 0.39)))
+    base = _rec(0, 0.40, 46.0, reason="baseline", points=base_points)
+    offloaded = _rec(1, 0.40, 37.0, points=base_points)
+    wide = [_rec(2, 0.35, 21.0, points=_seeds((0, untrained), (16, (0.2, 0.1)), (32, (0.50, 0.20)))),
+            _rec(3, 0.30, 30.0, points=_seeds((0, untrained), (16, (0.1, 0.2)), (32, (0.20, 0.40))))]
+    rec = recommend([base, offloaded, *wide], policy="min-memory")
+    assert rec.rule is not None and rec.rule.pooled is not None and rec.rule.pooled[0] > 0.001
+    kept = rec.rule.kept(offloaded)
+    assert kept is not None and (kept.value, kept.se) == (1.0, 0.0) and rec.rule.keeps(offloaded)
+    assert [est.value for _, est in gain.kept_curve(offloaded.result, base.result)] == [1.0, 1.0]
+    assert rec.record.number == 1
+
+
 def test_a_baseline_that_did_not_learn_leaves_the_choice_to_memory_and_says_so() -> None:
     base = _rec(0, 0.1317, 46.0, reason="baseline", initial=0.1251, points=_seeds((0, (0.1251, 0.1251)),
                                                                                    (8, (0.1317, 0.1297))))
