@@ -158,7 +158,8 @@ def _cells(row: GpuRow) -> list[str]:
         kept += " (undecided: nothing here is shown to keep it; more seeds would settle it)"
     elif row.keeps_reward is False:
         kept += " (under the floor: nothing here keeps it)"
-    peak = "-" if row.peak_gb is None else f"{row.peak_gb:.1f} GiB"
+    # three significant figures below 1 GiB: a tiny model's 0.0332 GiB must not print as "0.0 GiB"
+    peak = "-" if row.peak_gb is None else f"{row.peak_gb:.1f} GiB" if row.peak_gb >= 1 else f"{row.peak_gb:.3g} GiB"
     return [f"{row.budget_gb:g} GiB", f"#{row.trial}", peak, step, kept,
             "none (baseline)" if not row.savers else row.label or ", ".join(row.savers)]
 

@@ -78,3 +78,8 @@ def test_a_row_says_whether_its_config_is_under_the_floor_or_undecided() -> None
     small = row_for(under, 24.0)
     assert small.trial == 2 and not small.undecided and small.keeps_reward is False
     assert "(under the floor: nothing here keeps it)" in table_text(under)
+
+
+def test_a_tiny_models_peak_keeps_its_digits() -> None:
+    rows = by_gpu([_rec(0, 0.5, 0.041, reason="baseline"), _rec(1, 0.5, 0.0332)], budget_gb=0.035)
+    assert "0.0332 GiB" in table_text(rows) and "0.0 GiB" not in table_text(rows)
