@@ -8,11 +8,13 @@ between the two rankings, and the min-memory pick each would make (memory from l
 full-size plans, the same for both).
 
     python -m benchmarks.proxy_fidelity            # 5 keys x 2 seeds: ~90 CPU-minutes, 2 runs at a time
-    python -m benchmarks.proxy_fidelity --keys 4 --reuse-study llama-1b --real-lr 3e-4
+    python -m benchmarks.proxy_fidelity --keys 4 --reuse-study llama-1b --real-steps 128 --real-lr 3e-4
 
 Each real-model key costs about 14 CPU-minutes (smollm2-135m PPO, 2 seeds x 16 steps) on a 2-core
-box; a proxy key about 3.5. `--real-lr` sets the pretrained model's learning rate (the proxy's 1e-3
-is a from-scratch rate: at it, the real model's two seeds diverge, one falling to a reward of 0 by step 8).
+box, and at 16 steps the real model does not learn the task (docs/RESULTS.md, section 3a): the longer
+form is for a GPU, where the reward runs train there. A proxy key costs about 3.5 CPU-minutes.
+`--real-lr` sets the pretrained model's learning rate (the proxy's 1e-3 is a from-scratch rate: at
+it, the real model's two seeds diverge, one falling to a reward of 0 by step 8).
 
 Raw outcomes go to runs/bench/proxy_fidelity/; a rerun reuses the outcomes already there.
 """
